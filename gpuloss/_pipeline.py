@@ -1,0 +1,371 @@
+"""From a call's arguments to a number: inputs, shapes, kernels, weights and reduction.
+
+This is the one place where Keras's rules live (see the spec sections in brackets):
+rank alignment of y_true/y_pred [§5.1], sample_weight alignment [§5.2], masks and
+reductions [§4], dtypes [§6]. The loss definitions say *what* a row computes; this module
+decides *which* rows, and how the per-row values become the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+from .program import Plan
+
+__all__ = ["epsilon", "set_epsilon", "REDUCTIONS", "check_reduction", "evaluate", "as_array"]
+
+_EPSILON = [1e-7]
+
+#: Keras 2's reductions plus Keras 3's ("none" and None are the same).
+REDUCTIONS = ("auto", "none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight", None)
+
+
+def epsilon() -> float:
+    """The fuzz factor ε used by the losses (Keras's ``backend.epsilon()``, default 1e-7)."""
+    return _EPSILON[0]
+
+
+def set_epsilon(value: float) -> None:
+    """Set ε for later calls (read at call time, as in Keras)."""
+    _EPSILON[0] = float(value)
+
+
+def check_reduction(reduction: Any, compat: str) -> Any:
+    if reduction not in REDUCTIONS or (compat == "keras3" and reduction == "auto"):
+        valid = [r for r in REDUCTIONS if not (compat == "keras3" and r == "auto")]
+        raise ValueError(f"Invalid reduction {reduction!r}; expected one of {valid}")
+    return reduction
+
+
+def check_compat(compat: Any) -> str:
+    if compat not in ("keras2", "keras3"):
+        raise ValueError(f"compat must be 'keras2' or 'keras3', got {compat!r}")
+    return compat
+
+
+# ---- inputs and dtypes [§6] ------------------------------------------------------------------
+
+def as_array(x: Any, what: str) -> np.ndarray:
+    """A native-endian numeric NumPy view of ``x`` (lists and Python floats become float32,
+    as TensorFlow converts them; float16 and bfloat16 are widened to float32)."""
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if not isinstance(x, np.ndarray) and not isinstance(x, np.generic) and a.dtype == np.float64:
+        a = a.astype(np.float32)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{what} must be numeric, got an array of dtype {a.dtype}")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+        a = a.astype(np.float32)
+    elif a.dtype.kind == "V" or a.dtype.name == "bfloat16":
+        a = a.astype(np.float32)
+    return a
+
+
+def result_dtypes(y_pred_raw: Any, compat: str) -> tuple[np.dtype, np.dtype]:
+    """(compute dtype, output dtype). Keras 2 follows y_pred's float dtype (float16 is computed
+    in float32 and returned as float16); integers and bools compute in float32 (Keras 2 would
+    use integer arithmetic). Keras 3 computes and returns float32 (its default loss dtype)."""
+    if compat == "keras3":
+        return np.dtype(np.float32), np.dtype(np.float32)
+    dt = getattr(y_pred_raw, "dtype", None)
+    if isinstance(y_pred_raw, (np.ndarray, np.generic)) and dt is not None and np.dtype(dt) == np.float64:
+        return np.dtype(np.float64), np.dtype(np.float64)
+    if dt is not None and np.dtype(dt).kind == "f" and np.dtype(dt).itemsize == 2:
+        return np.dtype(np.float32), np.dtype(dt)
+    return np.dtype(np.float32), np.dtype(np.float32)
+
+
+# ---- shapes [§5.1] -----------------------------------------------------------------------------
+
+def align_keras2(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tf_keras squeezes a trailing 1 when ranks differ by one (not the sparse-label case)."""
+    if p.ndim - y.ndim != 1 or (p.ndim and p.shape[-1] == 1):
+        if p.ndim - y.ndim == 1 and p.shape[-1] == 1:
+            p = p.reshape(p.shape[:-1])
+        elif y.ndim - p.ndim == 1 and y.shape[-1] == 1:
+            y = y.reshape(y.shape[:-1])
+    return y, p
+
+
+def align_keras3(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keras 3's squeeze_or_expand_to_same_rank: a rank-1 operand is expanded to (n, 1)."""
+    if x1.ndim == x2.ndim + 1 and x1.shape[-1] == 1:
+        if x2.ndim == 1:
+            x2 = x2.reshape(x2.shape + (1,))
+        else:
+            x1 = x1.reshape(x1.shape[:-1])
+    elif x2.ndim == x1.ndim + 1 and x2.shape[-1] == 1:
+        if x1.ndim == 1:
+            x1 = x1.reshape(x1.shape + (1,))
+        else:
+            x2 = x2.reshape(x2.shape[:-1])
+    return x1, x2
+
+
+def _broadcast(arrays: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        desc = " and ".join(f"{n} {a.shape}" for n, a in zip(names, arrays))
+        raise ValueError(f"Shapes are incompatible: {desc}") from None
+    return [a if a.shape == shape else np.broadcast_to(a, shape) for a in arrays]
+
+
+def _norm_axis(axis: int, ndim: int, what: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for {what} of rank {ndim}")
+    return axis % ndim
+
+
+def _rows(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """(R, C) view of ``a`` with ``axes`` reduced along the rows (a copy only when the
+    reduced axes are not the trailing ones of a contiguous array)."""
+    rest = [i for i in range(a.ndim) if i not in axes]
+    if list(axes) != list(range(a.ndim - len(axes), a.ndim)):
+        a = np.transpose(a, rest + list(axes))
+    batch = a.shape[: len(rest)]
+    C = math.prod(a.shape[len(rest):])
+    return a.reshape(math.prod(batch), C)
+
+
+def layout(plan: Plan, inputs: list[np.ndarray], names: list[str]):
+    """Lay the inputs out as rows: returns (arrays by element name, labels, batch shape)."""
+    kind = plan.layout
+    if kind == "sparse" or kind == "sparse_strict":
+        y, p = inputs
+        if p.ndim == 0:
+            raise ValueError(f"y_pred must have a class axis; got shape {p.shape}")
+        ax = _norm_axis(plan.axis, p.ndim, "y_pred")
+        if ax != p.ndim - 1:
+            p = np.moveaxis(p, ax, -1)
+        batch = p.shape[:-1]
+        if kind == "sparse_strict" and (p.ndim != 2 or y.shape != batch):
+            raise ValueError(f"expected integer labels of shape (B,) and y_pred (B, C); "
+                             f"got y_true {y.shape} and y_pred {p.shape}")
+        if y.shape == batch + (1,):
+            y = y.reshape(batch)
+        if y.shape != batch:
+            raise ValueError(f"Shapes are incompatible: y_true {y.shape} should be y_pred {p.shape} "
+                             f"without its class axis, {batch}")
+        if y.dtype.kind not in "iub" and y.dtype.kind != "f":
+            raise TypeError(f"labels must be numeric, got {y.dtype}")
+        R = math.prod(batch)
+        return {"p": p.reshape(R, p.shape[-1])}, y.reshape(R), batch
+    if kind == "strict":
+        y, p = inputs
+        if y.shape != p.shape:
+            raise ValueError(f"Shapes are incompatible: y_true {y.shape} and y_pred {p.shape} must be equal")
+        arrays = [y, p]
+    else:
+        arrays = _broadcast(inputs, names)
+    shape = arrays[0].shape
+    if kind == "axes":
+        if plan.axis is None:
+            axes = tuple(range(len(shape)))
+        else:
+            ax = plan.axis if isinstance(plan.axis, (tuple, list)) else (plan.axis,)
+            axes = tuple(sorted({_norm_axis(a, len(shape), "y_pred") for a in ax}))
+    else:
+        if len(shape) == 0:
+            arrays = [a.reshape(1) for a in arrays]
+            shape = (1,)
+        axes = (_norm_axis(plan.axis, len(shape), "y_pred"),)
+    batch = tuple(s for i, s in enumerate(shape) if i not in axes)
+    elements = ("a", "pos", "neg") if kind == "triplet" else ("t", "p")
+    return {e: _rows(a, axes) for e, a in zip(elements, arrays)}, None, batch
+
+
+# ---- sample weights [§5.2] ---------------------------------------------------------------------
+
+def align_weight_keras2(sw: np.ndarray, L_shape: tuple) -> np.ndarray:
+    if sw.ndim == 0:
+        return sw
+    if sw.ndim == len(L_shape) + 1:
+        if sw.shape[-1] != 1:
+            raise ValueError(f"sample_weight of shape {sw.shape} cannot be aligned with a loss of shape "
+                             f"{L_shape}: its last dimension must be 1")
+        return sw.reshape(sw.shape[:-1])
+    if len(L_shape) == sw.ndim + 1:
+        return sw.reshape(sw.shape + (1,))
+    return sw
+
+
+def _reduce_values(W: np.ndarray, total_weight: float | None, reduction, compat: str,
+                   mask_count: float | None):
+    """Reduce a weighted loss array W (the general path; the kernels do the common one)."""
+    if reduction in ("none", None):
+        return W
+    s = float(np.sum(W, dtype=np.float64))
+    if reduction == "sum":
+        return s
+    if reduction == "mean_with_sample_weight":
+        return s / total_weight if total_weight else 0.0
+    count = W.size if mask_count is None else mask_count
+    if count == 0:
+        if compat == "keras2" and mask_count is not None and W.size:
+            return math.nan
+        return 0.0
+    return s / count
+
+
+def _finish(value, out_dtype):
+    return np.asarray(value, dtype=out_dtype)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, sample_weight: Any = None,
+             is_class_call: bool = False, backend: str | None = None) -> np.ndarray:
+    """Compute a loss. ``values`` are the bound arguments of the loss function (inputs first).
+
+    With ``is_class_call`` the Keras class pipeline applies (rank alignment, weights, reduction).
+    """
+    _backend.resolve_backend(backend)
+    raw = [values[n] for n in spec.inputs]
+    inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
+    dtype, out_dtype = result_dtypes(raw[1], compat)
+    if len(inputs) == 2 and (is_class_call or (compat == "keras3" and spec.k3_function_aligns)):
+        y, p = inputs
+        inputs = list(align_keras3(y, p) if compat == "keras3" else align_keras2(y, p))
+    options = {k: v for k, v in values.items() if k not in spec.inputs}
+    plan: Plan = spec.body(*inputs, **options, compat=compat)
+
+    mask = None
+    nbad = 0
+    if plan.layout == "direct":
+        L, mask = plan.prepare(*inputs, dtype=dtype)
+        batch = L.shape
+        want_rows = True
+    else:
+        arrays, labels, batch = layout(plan, inputs, list(spec.inputs))
+        params = _params(plan, dtype, arrays)
+        want_rows = not is_class_call or reduction in ("none", None)
+    sw = None if sample_weight is None else as_array(sample_weight, "sample_weight")
+    if is_class_call and not want_rows and sw is not None:
+        L_shape, sw = _align_weight(batch, sw, compat)
+        if np.broadcast_shapes(L_shape, sw.shape) != L_shape:
+            want_rows = True  # weights broadcast the loss to a larger shape: general path
+    kernels = _backend.numba_kernels()
+    if want_rows and plan.layout != "direct":
+        L, valid, nbad = kernels.rows(plan.program, dtype.name, arrays, labels, params, plan.ignore_class)
+        mask = valid
+    if nbad:
+        _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
+    if not is_class_call:
+        return _finish(L.reshape(batch), out_dtype)
+    if want_rows:
+        return _finish(_weighted_reduce(L.reshape(batch), mask, sw, reduction, compat), out_dtype)
+
+    # fused path: weights per row go into the kernel, which returns the partial triple
+    w = None
+    if sw is not None:
+        w = sw.reshape(1) if sw.size == 1 else np.ascontiguousarray(np.broadcast_to(sw, L_shape)).reshape(-1)
+    swl, sw_sum, count, nbad = kernels.reduce(plan.program, dtype.name, arrays, labels, w, params,
+                                              plan.ignore_class)
+    if nbad:
+        _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
+    R = math.prod(batch)
+    if len(batch) == 0:
+        return _finish(swl, out_dtype)  # one value: every reduction returns it (weighted)
+    if compat == "keras3" and batch == (0,):
+        return _finish(np.zeros((0,)), out_dtype)  # Keras 3 returns an empty loss unreduced
+    if reduction == "sum":
+        value = swl
+    elif reduction == "mean_with_sample_weight":
+        if sw is None:
+            total = count
+        elif plan.ignore_class is not None:
+            total = sw_sum
+        else:
+            total = float(np.sum(sw, dtype=np.float64))
+        value = swl / total if total else 0.0
+    else:
+        if count == 0:
+            value = math.nan if (compat == "keras2" and plan.ignore_class is not None and R) else 0.0
+        else:
+            value = swl / count
+    return _finish(value, out_dtype)
+
+
+def _align_weight(L_shape: tuple, sw: np.ndarray, compat: str):
+    """(aligned loss shape, aligned weights); only Keras 3 may reshape the loss."""
+    if compat == "keras3":
+        shape_only = np.broadcast_to(np.zeros((), np.uint8), L_shape)  # no memory behind it
+        L_aligned, sw = align_keras3(shape_only, sw)
+        return L_aligned.shape, sw
+    return L_shape, align_weight_keras2(sw, L_shape)
+
+
+def _weighted_reduce(L: np.ndarray, mask, sw, reduction, compat):
+    """Weights and reduction on materialised per-sample values (reduction "none", weights
+    that broadcast beyond L's shape, and the Circle loss)."""
+    Lw = L.astype(np.float64) if reduction not in ("none", None) else L
+    if compat == "keras3":
+        if sw is not None:
+            Lw, sw = align_keras3(Lw, sw)
+        if mask is not None:
+            m = mask.reshape(L.shape).astype(Lw.dtype)
+            m = m.reshape(Lw.shape) if m.size == Lw.size else m
+            if reduction in ("sum_over_batch_size", "mean"):
+                tot = m.sum()
+                m = m * (m.size / tot) if tot else m * 0
+            sw = m if sw is None else (m * sw)
+        W = Lw if sw is None else Lw * sw
+        if W.ndim == 0 or (W.ndim == 1 and W.shape[0] == 0):
+            return W
+        total = None
+        if reduction == "mean_with_sample_weight":
+            total = float(np.sum(sw)) if sw is not None else W.size
+        return _reduce_values(W, total, reduction, compat, None)
+    if mask is not None:
+        m = mask.reshape(L.shape).astype(np.float64)
+        if reduction in ("auto", "sum_over_batch_size", "mean"):
+            tot = m.sum()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m = m * (m.size / tot)
+        if sw is not None:
+            sw = align_weight_keras2(sw, m.shape) * m
+        else:
+            sw = m
+    elif sw is not None:
+        sw = align_weight_keras2(sw, L.shape)
+    W = Lw if sw is None else Lw * sw
+    total = None
+    if reduction == "mean_with_sample_weight":
+        total = float(np.sum(sw)) if sw is not None else W.size
+    with np.errstate(invalid="ignore"):
+        return _reduce_values(W, total, reduction, compat, None)
+
+
+def _params(plan: Plan, dtype: np.dtype, arrays) -> dict[str, Any]:
+    """The plan's runtime scalars plus ε, rounded to the compute dtype as Keras casts them."""
+    t = dtype.type
+    eps = t(epsilon())
+    params: dict[str, Any] = {"epsilon": float(eps), "one_minus_epsilon": float(t(1) - eps)}
+    for k, v in plan.params.items():
+        params[k] = v.astype(dtype) if isinstance(v, np.ndarray) else float(t(v))
+    if plan.prepare is not None:
+        params.update(plan.prepare(arrays))
+    if plan.program is not None:
+        C = next(iter(arrays.values())).shape[1]
+        for k, v in params.items():
+            if isinstance(v, np.ndarray) and v.shape != (C,):
+                raise ValueError(f"{k} must be a scalar or have one value per class ({C}); got shape {v.shape}")
+    return params
+
+
+def _raise_bad_labels(labels: np.ndarray, C: int, ignore_class):
+    lab = labels.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        t = np.trunc(lab)
+        bad = ~((t >= 0) & (t < C))
+        if ignore_class is not None:
+            bad &= t != ignore_class
+    first = labels[np.argmax(bad)]
+    raise ValueError(f"Received a label value of {first} which is outside the valid range of [0, {C}) "
+                     f"({C} classes)")

@@ -1,0 +1,117 @@
+"""Metric-learning losses: contrastive, triplet margin, and Keras 3's Circle loss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..program import Plan, RowProgram, Sum, elementwise, term
+from ..registry import loss
+from ..vocab import maximum, power
+
+
+@term
+def contrastive_term(t, p, margin):
+    h = maximum(margin - p, 0)
+    return t * p * p + (1 - t) * h * h
+
+
+@term
+def distance_to_positive(a, pos, norm):
+    d = abs(a - pos)
+    return d * d if norm == 2 else power(d, norm)
+
+
+@term
+def distance_to_negative(a, neg, norm):
+    d = abs(a - neg)
+    return d * d if norm == 2 else power(d, norm)
+
+
+@term
+def triplet_finish(dp, dn, margin, norm):
+    return maximum(power(dp, 1 / norm) - power(dn, 1 / norm) + margin, 0)
+
+
+CONTRASTIVE = elementwise(contrastive_term)
+TRIPLET = RowProgram("triplet_margin", ("a", "pos", "neg"),
+                     ((("dp", Sum(distance_to_positive)), ("dn", Sum(distance_to_negative))),), triplet_finish)
+
+
+@loss("ContrastiveLoss", name="contrastive_loss")
+def contrastive_loss(y_true, y_pred, margin=1.0, *, compat="keras2"):
+    """Contrastive loss (Hadsell et al. 2006) for pairs: y_pred is the distance ``d`` between the
+    two embeddings of a pair and y_true is 1 for similar pairs, 0 for dissimilar ones;
+    ``L = mean(y·d² + (1 - y)·max(margin - d, 0)², axis=-1)``."""
+    return Plan(CONTRASTIVE, {"margin": float(margin)})
+
+
+@loss("TripletMarginLoss", name="triplet_margin_loss")
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, *, compat="keras2"):
+    """Triplet margin loss (Schroff et al. 2015): for each sample
+    ``L = max(‖a - pos‖_p - ‖a - neg‖_p + margin, 0)`` with the p-norm over the last axis.
+    Called with three embedding arrays of the same shape; the class averages over the batch."""
+    if not p > 0:
+        raise ValueError(f"p must be positive, got {p!r}")
+    return Plan(TRIPLET, {"margin": float(margin), "norm": float(p)}, layout="triplet")
+
+
+def _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, gamma, margin, dtype):
+    """Circle loss rows in float64, blocked over rows so memory stays O(block·B) (the pairwise
+    similarities are a matrix product: BLAS is the right engine for them)."""
+    emb = np.asarray(y_pred, dtype=np.float64)
+    labels = np.asarray(y_true).astype(np.int64)
+    ref = emb if ref_embeddings is None else np.asarray(ref_embeddings, dtype=np.float64)
+    ref_lab = labels if ref_labels is None else np.asarray(ref_labels).astype(np.int64)
+    if emb.ndim != 2 or ref.ndim != 2 or emb.shape[1] != ref.shape[1]:
+        raise ValueError(f"Circle expects embeddings of shape (B, D) and references (M, D); "
+                         f"got {emb.shape} and {ref.shape}")
+    if labels.shape != (emb.shape[0],) or ref_lab.shape != (ref.shape[0],):
+        raise ValueError(f"Circle expects labels of shape (B,) and (M,); got {labels.shape} and {ref_lab.shape}")
+    out = np.empty(emb.shape[0], dtype=np.float64)
+    block = 1024
+    for r0 in range(0, emb.shape[0], block):
+        e = emb[r0:r0 + block]
+        dist = np.maximum(1.0 - e @ ref.T, 0.0)
+        pos = labels[r0:r0 + block, None] == ref_lab[None, :]
+        neg = ~pos
+        if remove_diagonal:
+            idx = np.arange(r0, r0 + e.shape[0])
+            inside = idx < ref.shape[0]
+            pos[np.nonzero(inside)[0], idx[inside]] = False
+        wp = np.maximum((margin + dist) * pos, 0.0)
+        wn = np.maximum((1.0 + margin - dist) * neg, 0.0)
+        sp = np.where(pos, -gamma * wp * (margin - dist), -np.inf)
+        sn = np.where(neg, gamma * wn * ((1.0 - margin) - dist), -np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lp = _logsumexp(sp)
+            ln = _logsumexp(sn)
+            z = lp + ln
+            out[r0:r0 + block] = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+        out[r0:r0 + block][np.isneginf(z)] = 0.0
+    return out.astype(dtype), out > 0
+
+
+def _logsumexp(x):
+    m = x.max(axis=1)
+    finite = np.isfinite(m)
+    shift = np.where(finite, m, 0.0)
+    with np.errstate(under="ignore"):
+        return np.log(np.exp(x - shift[:, None]).sum(axis=1)) + shift
+
+
+@loss("Circle", keras3_only=True, class_params=("gamma", "margin", "remove_diagonal", "reduction", "name"))
+def circle(y_true, y_pred, ref_labels=None, ref_embeddings=None, remove_diagonal=True, gamma=80.0, margin=0.4,
+           *, compat="keras3"):
+    """Circle loss (Sun et al. 2020) on L2-normalised embeddings y_pred (B, D) with integer labels
+    y_true (B,), against reference embeddings and labels (default: the batch itself).
+
+    With ``D = max(1 - y_pred·refᵀ, 0)``, positives (same label; the diagonal removed if
+    ``remove_diagonal``) and negatives: ``L = softplus(LSE_pos(-γ·max(m + D, 0)·(m - D)) +
+    LSE_neg(γ·max(1 + m - D, 0)·(1 - m - D)))``, 0 for a row without positives. The loss
+    carries the mask ``L > 0``, so the default reduction averages over rows with a positive loss.
+    """
+    def direct(y_true, y_pred, dtype):
+        return _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, float(gamma),
+                            float(margin), dtype)
+
+    return Plan(None, layout="direct", prepare=direct)

@@ -1,0 +1,203 @@
+"""How a loss is defined once and run by every backend.
+
+A loss is a **row program**: the inputs are viewed as rows (one row per value of the
+per-sample loss ``L``, the reduced axis or axes laid out along the row), and each row is
+reduced to one number in one or more *passes*. Each pass computes named statistics
+(``Sum`` or ``Max`` of a scalar *term* over the row's elements); a final *finish* term turns
+the statistics into the row's value. Examples::
+
+    MSE:          pass 1: s = Sum((p - t)**2)                 finish: s / n
+    CCE (logits): pass 1: m = Max(p)
+                  pass 2: e = Sum(exp(p - m)), ys = Sum(t'), yx = Sum(t' * p)
+                  finish: (m + log(e)) * ys - yx
+
+Terms are plain Python functions over scalars written in :mod:`gpuloss.vocab`. Their
+argument names say what they read, so a backend binds them by name:
+
+=================  ===========================================================
+``t``, ``p``       the row's element of y_true / y_pred (``a``, ``pos``, ``neg``
+                   for the three inputs of a triplet loss), in the compute dtype
+``n``              the row length (number of elements in the reduced axes)
+``label``          the row's class id (sparse losses)
+``p_label``        the row's y_pred element at ``label`` (sparse losses)
+a statistic name   its value from an earlier pass (float64)
+a parameter name   a runtime scalar from the plan (``delta``, ``label_smoothing``,
+                   ``epsilon``...)
+=================  ===========================================================
+
+Element terms compute in the input's float dtype (float32 stays float32: literals are
+typed by the backend); statistics accumulate, and finish terms compute, in float64.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .vocab import VOCABULARY
+
+__all__ = ["Term", "term", "Sum", "Max", "RowProgram", "Plan", "elementwise", "ELEMENT_NAMES"]
+
+#: Argument names that a term may read per element, per row, or as the row length.
+ELEMENT_NAMES = ("t", "p", "a", "pos", "neg")
+ROW_NAMES = ("n", "label", "p_label")
+
+
+class Term:
+    """A scalar function that every backend can compile (see the module docstring)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.name = fn.__name__
+        self.args = tuple(inspect.signature(fn).parameters)
+        self.source = textwrap.dedent(inspect.getsource(fn))
+        tree = ast.parse(self.source).body[0]
+        assert isinstance(tree, ast.FunctionDef)
+        tree.decorator_list = []
+        self.tree = tree
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return f"<term {self.name}({', '.join(self.args)})>"
+
+    def callees(self) -> list["Term"]:
+        """Other terms this one calls, depth first, each once (for code generation)."""
+        found: list[Term] = []
+        glb = self.fn.__globals__
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                target = glb.get(node.func.id)
+                if isinstance(target, Term) and target is not self:
+                    for sub in target.callees() + [target]:
+                        if sub not in found:
+                            found.append(sub)
+        return found
+
+
+def term(fn: Callable[..., Any]) -> Term:
+    """Mark a scalar function as a translatable term (see :mod:`gpuloss.program`)."""
+    return Term(fn)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A row statistic: ``kind`` ("sum" or "max") of ``term`` over the row's elements."""
+
+    kind: str
+    term: Term
+
+
+def Sum(t: Term) -> Stat:  # noqa: N802 - reads like the math
+    return Stat("sum", t)
+
+
+def Max(t: Term) -> Stat:  # noqa: N802
+    return Stat("max", t)
+
+
+@dataclass(frozen=True)
+class RowProgram:
+    """Passes of named statistics over a row, then ``finish`` (see module docstring)."""
+
+    name: str
+    elements: tuple[str, ...]
+    passes: tuple[tuple[tuple[str, Stat], ...], ...]
+    finish: Term
+    sparse: bool = False
+    #: ``finish`` is ``s / n`` or ``s`` of a single Sum: rows can be fused into a flat sweep.
+    flat_scale: str | None = None
+
+    @property
+    def terms(self) -> list[Term]:
+        out: list[Term] = []
+        for t in [s.term for p in self.passes for _, s in p] + [self.finish]:
+            for sub in t.callees() + [t]:
+                if sub not in out:
+                    out.append(sub)
+        return out
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        return tuple(name for p in self.passes for name, _ in p)
+
+    def param_names(self) -> tuple[str, ...]:
+        """Runtime scalars the program reads, sorted (the kernels' trailing arguments)."""
+        known = set(ELEMENT_NAMES) | set(ROW_NAMES) | set(self.stat_names)
+        names: set[str] = set()
+        for t in [s.term for p in self.passes for _, s in p] + [self.finish]:
+            names.update(a for a in t.args if a not in known)
+        return tuple(sorted(names))
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes the generated code."""
+        h = hashlib.sha256()
+        h.update(repr((self.name, self.elements, self.sparse, self.flat_scale)).encode())
+        for p in self.passes:
+            h.update(repr([(n, s.kind, s.term.name) for n, s in p]).encode())
+        for t in self.terms:
+            h.update(t.source.encode())
+        return h.hexdigest()[:16]
+
+
+def check_term(t: Term) -> None:
+    """Reject anything outside the vocabulary, so every backend can translate every term."""
+    allowed_calls = set(VOCABULARY) | {c.name for c in t.callees()}
+    for node in ast.walk(t.tree):
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in allowed_calls:
+                raise TypeError(f"term {t.name}: call to {ast.unparse(node.func)} is not in the vocabulary")
+        elif isinstance(node, (ast.Attribute, ast.Subscript, ast.Lambda, ast.For, ast.While,
+                               ast.ListComp, ast.Dict, ast.List, ast.Tuple, ast.Starred)):
+            raise TypeError(f"term {t.name}: {type(node).__name__} is not allowed in a term")
+
+
+@term
+def row_mean(s, n):
+    return s / n
+
+
+@term
+def row_sum(s):
+    return s
+
+
+def elementwise(element_term: Term, reduce: str = "mean", name: str | None = None) -> RowProgram:
+    """The common shape: one Sum of ``element_term`` per row, then its mean or sum."""
+    finish = row_mean if reduce == "mean" else row_sum
+    elements = tuple(a for a in element_term.args if a in ELEMENT_NAMES)
+    if "t" not in elements:  # the kernels always read both inputs of a pair
+        elements = ("t",) + elements
+    return RowProgram(
+        name=name or element_term.name,
+        elements=tuple(sorted(elements, key=ELEMENT_NAMES.index)),
+        passes=((("s", Sum(element_term)),),),
+        finish=finish,
+        flat_scale=reduce,
+    )
+
+
+@dataclass
+class Plan:
+    """What one call computes: a program, its runtime scalars and how inputs are laid out.
+
+    ``layout`` names the shape rules (see ``gpuloss._shapes``): "pointwise" (y and p broadcast,
+    the class axis is ``axis``), "strict" (identical shapes), "sparse" (labels without the
+    class axis), "axes" (rows reduce over the axes in ``axis``; None = all), "triplet".
+    ``prepare`` (optional) looks at the aligned inputs and returns extra runtime scalars; Hinge
+    uses it for its batch-global label conversion.
+    """
+
+    program: RowProgram
+    params: Mapping[str, float] = field(default_factory=dict)
+    layout: str = "pointwise"
+    axis: Any = -1
+    ignore_class: int | None = None
+    prepare: Callable[..., Mapping[str, float]] | None = None

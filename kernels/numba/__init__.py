@@ -1,0 +1,220 @@
+"""CPU backend: fused Numba kernels generated from the row programs.
+
+Importing this module imports Numba (``import gpuloss`` alone does not). Kernels are
+generated as module files under the kernel cache (see :func:`cache_dir`), imported, and
+compiled by Numba on first use with ``cache=True``, so a new process loads machine code
+from disk instead of compiling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Mapping
+
+import numba
+import numpy as np
+
+from ...program import RowProgram
+from . import codegen
+
+__all__ = ["cache_dir", "kernel_module", "rows", "reduce", "SERIAL_BELOW"]
+
+#: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
+#: thread pool costs more than the whole loop below ~32k elements.
+SERIAL_BELOW = 1 << 15
+
+_HERE = Path(__file__).parent
+_LOCK = threading.Lock()
+_MODULES: dict[tuple, ModuleType] = {}
+
+
+def _machinery_hash() -> str:
+    """Numba's cache does not see changes to inlined callees in other files, so the
+    kernel directory is keyed by the sources every generated module depends on."""
+    h = hashlib.sha256(numba.__version__.encode() + sys.version.encode())
+    for name in ("codegen.py", "vocab.py", "fastmath32.py"):
+        h.update((_HERE / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where generated kernel modules and Numba's compiled code live.
+
+    ``GPULOSS_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/gpuloss`` (``~/.cache/gpuloss``).
+    """
+    root = os.environ.get("GPULOSS_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpuloss")
+    return Path(root) / f"numba-{_machinery_hash()}"
+
+
+def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = ()) -> ModuleType:
+    """The generated kernel module of ``program`` for ``dtype``, written and imported once."""
+    key = (program.fingerprint(), dtype, column_params)
+    mod = _MODULES.get(key)
+    if mod is not None:
+        return mod
+    with _LOCK:
+        mod = _MODULES.get(key)
+        if mod is not None:
+            return mod
+        src = codegen.module_source(program, dtype, column_params)
+        digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+        name = f"gl_{program.name}_{dtype}_{digest}"
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        # Never rewrite an existing file: Numba keys its cache on the source's mtime.
+        if not path.exists():
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            tmp.write_text(src)
+            os.replace(tmp, path)
+        modname = f"gpuloss_kernel_cache.{name}"
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+        _MODULES[key] = mod
+        return mod
+
+
+def _param_values(program: RowProgram, params: Mapping[str, object]) -> list:
+    out = []
+    for n in program.param_names():
+        if n not in params:
+            raise TypeError(f"{program.name}: no value for parameter {n!r}")
+        v = params[n]
+        out.append(np.ascontiguousarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else float(v))
+    return out
+
+
+def _column_params(params: Mapping[str, object]) -> tuple[str, ...]:
+    return tuple(sorted(k for k, v in params.items() if isinstance(v, np.ndarray)))
+
+
+def _arrays(program: RowProgram, arrays: Mapping[str, np.ndarray], labels) -> list:
+    if program.sparse:
+        return [arrays["p"], labels]
+    return [arrays[e] for e in program.elements]
+
+
+def _shape(program, arrays) -> tuple[int, int]:
+    first = arrays["p"] if program.sparse else arrays[program.elements[0]]
+    return first.shape
+
+
+def _use_chunks(program: RowProgram, R: int, C: int) -> bool:
+    return bool(program.passes) and C >= codegen.CHUNK_MIN_COLS and R <= codegen.CHUNK_MAX_ROWS
+
+
+def _flat_ok(program: RowProgram, arrays, colp) -> bool:
+    if not program.flat_scale or program.sparse or colp:
+        return False
+    (_, st), = program.passes[0]
+    if "n" in st.term.args:
+        return False
+    return all(arrays[e].flags.c_contiguous for e in program.elements)
+
+
+def _sparse_args(program, ignore_class):
+    if not program.sparse:
+        return []
+    return [ignore_class is not None, -1 if ignore_class is None else int(ignore_class)]
+
+
+def _chunked_stats(mod, program, arrs, pv):
+    R, C = arrs[0].shape
+    chunk = codegen.BLOCK * 4
+    stats = np.zeros((R, 0))
+    for k, passes in enumerate(program.passes):
+        part = getattr(mod, f"chunk_{k}")(*arrs, stats, chunk, *pv)
+        combined = np.empty((R, len(passes)))
+        for i, (_, st) in enumerate(passes):
+            col = part[:, :, i]
+            combined[:, i] = col.sum(axis=1) if st.kind == "sum" else col.max(axis=1)
+        stats = np.concatenate([stats, combined], axis=1)
+    return stats
+
+
+def rows(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], labels=None,
+         params: Mapping[str, object] = {}, ignore_class: int | None = None):
+    """Per-row loss values: returns (L of shape (R,), valid mask or None, bad label count)."""
+    colp = _column_params(params)
+    mod = kernel_module(program, dtype, colp)
+    pv = _param_values(program, params)
+    R, C = _shape(program, arrays)
+    out = np.empty(R, dtype=dtype)
+    if R == 0:
+        return out, None, 0
+    arrs = _arrays(program, arrays, labels)
+    sp = _sparse_args(program, ignore_class)
+    if _use_chunks(program, R, C):
+        stats = _chunked_stats(mod, program, arrs, pv)
+        valid = np.ones(R, dtype=bool)
+        nbad = mod.chunk_finish(*arrs, stats, out, valid, *sp, *pv)
+        return out, (valid if ignore_class is not None else None), nbad
+    small = R * C < SERIAL_BELOW
+    suffix = "ser" if small else "par"
+    if C == 1 and _flat_ok(program, arrays, colp):
+        getattr(mod, f"flat_rows_{suffix}")(*[a.reshape(-1) for a in arrs], out, *pv)
+        return out, None, 0
+    nbad = getattr(mod, f"rows_{suffix}")(*arrs, out, *sp, *pv)
+    valid = None
+    if ignore_class is not None:
+        valid = _valid_mask(labels, ignore_class)
+    return out, valid, int(nbad)
+
+
+def _valid_mask(labels: np.ndarray, ignore_class: int) -> np.ndarray:
+    lab = labels
+    if lab.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            lab = np.trunc(lab)
+    return lab != ignore_class
+
+
+def reduce(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], labels=None,
+           weights: np.ndarray | None = None, params: Mapping[str, object] = {},
+           ignore_class: int | None = None) -> tuple[float, float, float, int]:
+    """The partial triple of a reduced call in one pass: (Σ w·ℓ, Σ w, count, bad labels).
+
+    ``weights`` is None, a 1-element array (one weight for all rows) or one weight per row;
+    masked rows (SCCE ``ignore_class``) count in none of the three.
+    """
+    colp = _column_params(params)
+    mod = kernel_module(program, dtype, colp)
+    pv = _param_values(program, params)
+    R, C = _shape(program, arrays)
+    if R == 0:
+        return 0.0, 0.0, 0.0, 0
+    if weights is None:
+        weights = np.ones(1)
+    w_step = 0 if weights.size == 1 else 1
+    arrs = _arrays(program, arrays, labels)
+    sp = _sparse_args(program, ignore_class)
+    if _use_chunks(program, R, C):
+        L, valid, nbad = rows(program, dtype, arrays, labels, params, ignore_class)
+        w = np.broadcast_to(weights, (R,)) if w_step == 0 else weights
+        if valid is not None:
+            L, w = L[valid], w[valid]
+        wl = w * L.astype(np.float64)
+        return float(wl.sum()), float(w.sum()), float(L.size), int(nbad)
+    small = R * C < SERIAL_BELOW
+    suffix = "ser" if small else "par"
+    if _flat_ok(program, arrays, colp) and (w_step == 0 or C == 1):
+        part = getattr(mod, f"flat_reduce_{suffix}")(*[a.reshape(-1) for a in arrs], weights, w_step, *pv)
+        swl, sw = part.sum(axis=0)
+        if C > 1:
+            sw = sw / C
+            if program.flat_scale == "mean":
+                swl = swl / C
+        return float(swl), float(sw), float(R), 0
+    part = getattr(mod, f"reduce_{suffix}")(*arrs, weights, w_step, *sp, *pv)
+    swl, sw, cnt, nbad = part.sum(axis=0)
+    return float(swl), float(sw), float(cnt), int(nbad)

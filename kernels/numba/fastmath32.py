@@ -1,0 +1,358 @@
+"""Vectorisable float32 exp / log / log1p / expm1 / sigmoid for Numba kernels.
+
+THROUGHPUT_PLACEHOLDER
+
+Why this module exists
+----------------------
+Numba ships without SVML, so ``math.exp`` / ``math.log`` on float32 inside a
+loop become calls to scalar libm and the loop vectoriser gives up.  The
+functions here are written only with +, *, fma, rint, integer bit tricks and
+``a if cond else b`` selects, so LLVM inlines them into the caller's loop and
+vectorises it (``<16 x float>`` on AVX-512).
+
+All functions take a float32 (anything else is converted to float32 first) and
+return a float32.  float64 callers should simply use ``math.*``.
+
+Algorithms
+----------
+exp32(x)
+    Cody-Waite reduction ``x = n*ln2 + r``, ``n = rint(x/ln2)``, ``|r| <= ln2/2``.
+    ``r = fma(-n, LN2_HI, x)`` is exact (the product is exact inside the fma and
+    the difference fits in 24 bits), the second step subtracts ``n*LN2_LO``.
+    ``exp(r) = 1 + (r + r^2*Q(r))`` with a degree-4 near-minimax Q (fitted for
+    this module with Lawson's iteratively reweighted least squares, coefficients
+    rounded to float32 one at a time and the rest refitted).  The scale ``2^n``
+    is applied as two exact powers of two ``2^n1 * 2^n2`` (``n1 + n2 = n``), so
+    results in the subnormal range get a single rounding and overflow becomes
+    +inf naturally.  x is clamped to [-104, 89] first, which maps NaN to a
+    harmless finite value (the NaN is re-inserted by a final select).
+expm1_32(x)
+    Same reduction, degree-5 Q, then ``expm1(x) = (2^n - 1) + 2^n*r + 2^n*h``
+    with ``h = r^2*Q(r)``: the first two terms are added with an error-free
+    Fast2Sum so the cancellation around x ~ +-0.35..1 costs no accuracy.
+log32(x)
+    Subnormals are scaled by 2^23.  The bits are split so that
+    ``x = 2^e * m`` with ``m`` in [sqrt(1/2), sqrt(2)); ``f = m - 1`` is exact.
+    ``log1p(f) = f + f^2*(-1/2 + f*P(f))`` with a degree-7 near-minimax P, and
+    ``log(x) = fma(e, LN2_HI, f) + (f^2*(...) + e*LN2_LO)``.  The first sum is
+    exact for |e| <= 1, which is where the e*ln2 and log(m) terms cancel.
+log1p32(x)
+    ``u = 1 + x`` is rounded; its exact rounding error ``c`` is recovered
+    (``x - (u - 1)`` for u < 2, ``1 - (u - x)`` for u >= 2, both exact) and
+    folded into the reduced argument: ``f = (m - 1) + c*2^-k`` where
+    ``u = 2^k*m``.  For k == 0 this gives ``f == x`` exactly, so small
+    arguments are as accurate as log1p itself; no division is needed.
+sigmoid32(x)
+    ``e = exp32(-|x|)`` (never overflows), ``1/(1+e)`` for x >= 0 and
+    ``e/(1+e)`` for x < 0.  ``1+e`` is kept as an exact pair (Fast2Sum) and the
+    quotient gets one Newton correction with an exact fma residual, so the
+    only error left is exp32's, damped by the sigmoid's condition number (<= 1).
+
+Accuracy
+--------
+ACCURACY_PLACEHOLDER
+
+Special values (checked exactly by the tests): NaN -> NaN everywhere;
+exp32(-inf) = 0, exp32(+inf) = +inf, exp32 overflow -> +inf, underflow ->
+correctly rounded subnormals then 0; log32(0) = -inf, log32(x<0) = NaN,
+log32(inf) = inf; log1p32(-1) = -inf, log1p32(x<-1) = NaN, log1p32(+-0) = +-0;
+expm1_32(-inf) = -1, expm1_32(+-0) = +-0; sigmoid32(+-inf) = 1 / 0.
+
+Fast-math flags and inlining (measured, see tests/test_fastmath32.py)
+-----------------------------------------------------------------------
+FLAGS_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = [
+    "FASTMATH_FLAGS",
+    "exp32",
+    "expm1_32",
+    "log32",
+    "log1p32",
+    "sigmoid32",
+    "f32_as_i32",
+    "i32_as_f32",
+]
+
+FASTMATH_FLAGS: frozenset[str] = frozenset({"contract"})
+_FLAGS = set(FASTMATH_FLAGS)  # numba accepts bool, dict or set, not frozenset
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_f32 = np.float32
+
+# ---------------------------------------------------------------------------
+# LLVM intrinsics.  They emit a handful of plain LLVM instructions on i32/float
+# lanes, which the loop vectoriser widens directly.  (Doing the integer part in
+# Numba code would promote every int32 op to int64 and halve the vector width;
+# going through a tiny numpy array view does not vectorise at all.)
+# ---------------------------------------------------------------------------
+
+
+@intrinsic
+def f32_as_i32(typingctx, x):
+    """Reinterpret the bits of a float32 as an int32 (LLVM bitcast)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def i32_as_f32(typingctx, i):
+    """Reinterpret the bits of an int32 as a float32 (LLVM bitcast)."""
+    if i != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _F32)
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a*b + c with a single rounding (llvm.fma.f32 -> vfmadd on x86-64 v3+)."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
+def _rint(typingctx, x):
+    """Round to nearest integer, ties to even (llvm.rint.f32 -> vrndscaleps)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_F32, [_F32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.rint.f32")
+        return builder.call(fn, args)
+
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n as float32 for an integral float32 n in [-126, 127]."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i = builder.fptosi(args[0], _I32)
+        bits = builder.shl(builder.add(i, ir.Constant(_I32, 127)), ir.Constant(_I32, 23))
+        return builder.bitcast(bits, _F32)
+
+    return types.float32(types.float32), codegen
+
+
+# bits of sqrt(1/2) rounded to float32; the mantissa split below puts m in
+# [sqrt(1/2), sqrt(2)) so that |log(m)| <= ln(2)/2.
+_SQRTHF_BITS = 0x3F3504F3
+_ONE_BITS = 0x3F800000
+
+
+@intrinsic
+def _split_sqrt2(typingctx, x):
+    """For a positive normal float32 x return (m, e) with x = m * 2**e, m in [sqrt(.5), sqrt(2)).
+
+    e is returned as float32.  Results for zero, subnormal, negative, inf or NaN
+    inputs are meaningless (callers replace them with selects).
+    """
+    if x != types.float32:
+        return None
+    retty = types.UniTuple(types.float32, 2)
+
+    def codegen(context, builder, sig, args):
+        ix = builder.add(builder.bitcast(args[0], _I32), ir.Constant(_I32, _ONE_BITS - _SQRTHF_BITS))
+        e = builder.sub(builder.ashr(ix, ir.Constant(_I32, 23)), ir.Constant(_I32, 127))
+        mbits = builder.add(builder.and_(ix, ir.Constant(_I32, 0x007FFFFF)), ir.Constant(_I32, _SQRTHF_BITS))
+        m = builder.bitcast(mbits, _F32)
+        ef = builder.sitofp(e, _F32)
+        return context.make_tuple(builder, retty, [m, ef])
+
+    return retty(types.float32), codegen
+
+
+# ---------------------------------------------------------------------------
+# Constants.  Every constant is a float32 global so that Numba types all the
+# arithmetic as float32 (a Python float would silently promote to float64).
+# ---------------------------------------------------------------------------
+_ZERO = _f32(0.0)
+_HALF = _f32(0.5)
+_ONE = _f32(1.0)
+_TWO = _f32(2.0)
+_INF = _f32(np.inf)
+_NINF = _f32(-np.inf)
+_NAN = _f32(np.nan)
+
+_LOG2E = _f32(1.4426950408889634)
+_LN2_HI = _f32(0.6931471805599453)  # float32(ln 2)
+_LN2_LO = _f32(0.6931471805599453 - float(_f32(0.6931471805599453)))  # ln 2 - LN2_HI
+
+# exp: below -104 the result rounds to 0, above 89 to +inf; clamping keeps
+# n = rint(x/ln2) in [-150, 128] so both halves of 2^n are normal numbers.
+# 16-bit ln 2 for log1p32: k*_LN2_HI16 is exact for |k| < 256, which lets the
+# k*ln2 + f sum be done with an error-free Fast2Sum.
+_LN2_HI16 = _f32(0.693145751953125)
+_LN2_LO16 = _f32(0.6931471805599453 - 0.693145751953125)
+
+_EXP_LO = _f32(-104.0)
+_EXP_HI = _f32(89.0)
+# expm1: below -30 the result is -1 (e^-30 << ulp(1)/2).
+_EXPM1_LO = _f32(-30.0)
+_EXPM1_BIG = _f32(24.0)  # 2^n - 1 is exact for n <= 24
+
+# exp(r) = 1 + r + r^2*Q(r), |r| <= ln2/2; max |r^2 dQ / expm1(r)| = 1.4e-8.
+_E0 = _f32(0.4999999701976776)
+_E1 = _f32(0.1666654348373413)
+_E2 = _f32(0.04166743531823158)
+_E3 = _f32(0.008366649970412254)
+_E4 = _f32(0.0013871152186766267)
+# same, degree 5 for expm1 (error relative to expm1 matters there): 4.5e-10.
+_M0 = _f32(0.5)
+_M1 = _f32(0.1666666567325592)
+_M2 = _f32(0.04166648909449577)
+_M3 = _f32(0.008333542384207249)
+_M4 = _f32(0.001393279293552041)
+_M5 = _f32(0.00019765601609833539)
+# log1p(f) = f - f^2/2 + f^3*P(f), f in [sqrt(.5)-1, sqrt(2)-1];
+# max |f^3 dP / log1p(f)| = 6.2e-9.
+_L0 = _f32(0.3333333134651184)
+_L1 = _f32(-0.2500085234642029)
+_L2 = _f32(0.20001330971717834)
+_L3 = _f32(-0.16622230410575867)
+_L4 = _f32(0.14198052883148193)
+_L5 = _f32(-0.13168010115623474)
+_L6 = _f32(0.12794366478919983)
+_L7 = _f32(-0.07655750215053558)
+
+_MIN_NORMAL = _f32(np.finfo(np.float32).tiny)  # 2^-126
+_TWO23 = _f32(2.0**23)
+_23 = _f32(23.0)
+_126 = _f32(126.0)
+
+# ---------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------
+
+
+@njit(fastmath=_FLAGS, cache=False)
+def exp32(x: np.float32) -> np.float32:
+    """e**x in float32, <= 1 ulp, vectorisable."""
+    x = np.float32(x)
+    # clamp; NaN fails both comparisons and becomes _EXP_LO (fixed at the end)
+    xc = x if x > _EXP_LO else _EXP_LO
+    xc = xc if xc < _EXP_HI else _EXP_HI
+    n = _rint(xc * _LOG2E)
+    r = _fma(-n, _LN2_HI, xc)  # exact
+    r = _fma(-n, _LN2_LO, r)
+    q = _fma(_fma(_fma(_fma(_E4, r, _E3), r, _E2), r, _E1), r, _E0)
+    p = _fma(r * r, q, r) + _ONE
+    n1 = _rint(n * _HALF)
+    n2 = n - n1
+    y = (p * _pow2(n1)) * _pow2(n2)  # first product exact, second rounds once
+    return y if x == x else x
+
+
+@njit(fastmath=_FLAGS, cache=False)
+def expm1_32(x: np.float32) -> np.float32:
+    """e**x - 1 in float32, <= 1 ulp, vectorisable."""
+    x = np.float32(x)
+    xc = x if x > _EXPM1_LO else _EXPM1_LO
+    xc = xc if xc < _EXP_HI else _EXP_HI
+    n = _rint(xc * _LOG2E)
+    r = _fma(-n, _LN2_HI, xc)
+    r = _fma(-n, _LN2_LO, r)
+    q = _fma(_fma(_fma(_fma(_fma(_M5, r, _M4), r, _M3), r, _M2), r, _M1), r, _M0)
+    h = (r * r) * q  # expm1(r) = r + h
+    # 2^128 is not a float32: use 2^127 and double the result at the end
+    top = n > _126 + _ONE
+    nn = n - _ONE if top else n
+    t = _pow2(nn)
+    big = nn > _EXPM1_BIG
+    # sum of a + b + c with a = 2^n - 1 (exact for n <= 24), b = 2^n*r (exact),
+    # c = 2^n*h.  For n > 24 the -1 moves into c.
+    a = t if big else t - _ONE
+    b = t * r
+    c = _fma(t, h, -_ONE if big else _ZERO)
+    s = a + b  # Fast2Sum: |a| >= |b| or a == 0 for every n
+    lo = b - (s - a)
+    y = s + (lo + c)
+    y = y * _TWO if top else y
+    y = x if x == _ZERO else y  # keep the sign of zero
+    return y if x == x else x
+
+
+@njit(fastmath=_FLAGS, cache=False)
+def log32(x: np.float32) -> np.float32:
+    """Natural log in float32, <= 1 ulp, vectorisable."""
+    x = np.float32(x)
+    sub = x < _MIN_NORMAL
+    xs = x * _TWO23 if sub else x
+    m, e = _split_sqrt2(xs)
+    e = e - _23 if sub else e
+    f = m - _ONE  # exact
+    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_L7, f, _L6), f, _L5), f, _L4), f, _L3), f, _L2), f, _L1), f, _L0)
+    t = _fma(f, p, -_HALF)
+    hi = _fma(e, _LN2_HI, f)  # exact for |e| <= 1
+    lo = _fma(f * f, t, e * _LN2_LO)
+    y = hi + lo
+    y = _NINF if x == _ZERO else y
+    y = y if x < _INF else x  # +inf -> +inf, NaN -> NaN
+    return _NAN if x < _ZERO else y
+
+
+@njit(fastmath=_FLAGS, cache=False)
+def log1p32(x: np.float32) -> np.float32:
+    """log(1 + x) in float32, <= 1 ulp, vectorisable."""
+    x = np.float32(x)
+    u = x + _ONE
+    m, k = _split_sqrt2(u)
+    # exact rounding error of u = 1 + x
+    c = _ONE - (u - x) if u >= _TWO else x - (u - _ONE)
+    kk = k if k < _126 else _126
+    f = (m - _ONE) + c * _pow2(-kk)  # == x exactly when k == 0
+    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_L7, f, _L6), f, _L5), f, _L4), f, _L3), f, _L2), f, _L1), f, _L0)
+    t = _fma(f, p, -_HALF)
+    # f carries bits below 2^-24 here, so fma(k, ln2, f) as in log32 would round
+    # once too often (1.6 ulp measured around x = 0.62); use an exact pair.
+    kh = k * _LN2_HI16  # exact
+    hi = kh + f  # Fast2Sum: |kh| >= |f| whenever k != 0
+    hi_err = f - (hi - kh)
+    lo = _fma(f * f, t, _fma(k, _LN2_LO16, hi_err))
+    y = hi + lo
+    y = x if x == _ZERO else y  # keep the sign of zero
+    y = _NINF if x == -_ONE else y
+    y = y if x < _INF else x  # +inf -> +inf, NaN -> NaN
+    return _NAN if x < -_ONE else y
+
+
+@njit(fastmath=_FLAGS, cache=False)
+def sigmoid32(x: np.float32) -> np.float32:
+    """1 / (1 + e**-x) in float32, <= 1 ulp, vectorisable, no overflow."""
+    x = np.float32(x)
+    e = exp32(-abs(x))
+    num = _ONE if x >= _ZERO else e  # NaN: e is NaN and so is the result
+    s = _ONE + e  # Fast2Sum(1, e), e <= 1
+    lo = e - (s - _ONE)
+    r = _ONE / s
+    q = num * r
+    res = _fma(-q, s, num)  # exact residual of the division by s
+    res = _fma(-q, lo, res)  # ... and of the division by (s + lo)
+    return _fma(res, r, q)
