@@ -130,8 +130,11 @@ def make_class(spec: LossSpec) -> type:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         bound = init_sig.bind(self, *args, **kwargs)
+        explicit_reduction = "reduction" in bound.arguments
         bound.apply_defaults()
         a = bound.arguments
+        if not explicit_reduction and a["compat"] == "keras3":
+            a["reduction"] = "sum_over_batch_size"  # Keras 3's default (it has no "auto")
         options = {n: a[n] for n in option_names}
         LossFunctionWrapper.__init__(self, spec.function, reduction=a["reduction"], name=a["name"],
                                      compat=a["compat"], **options)

@@ -39,6 +39,14 @@ class LossSpec:
     cls: type | None = field(default=None, repr=False)
 
     @property
+    def layout_kind(self) -> str:
+        """The shape rules of the loss (see ``gpuloss.program.Plan.layout``)."""
+        import numpy as np
+
+        dummy = [np.zeros((1, 2), np.float32) for _ in self.inputs]
+        return self.body(*dummy, **self.defaults, compat=self.default_compat).layout
+
+    @property
     def default_compat(self) -> str:
         return "keras3" if self.keras3_only else "keras2"
 

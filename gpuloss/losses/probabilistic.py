@@ -15,6 +15,13 @@ def _check_compat(compat: str) -> str:
     return compat
 
 
+def _check_smoothing_gamma(label_smoothing: float, gamma: float | None = None) -> None:
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if gamma is not None and not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+
+
 # ---- binary crossentropy and binary focal crossentropy -------------------------------------
 
 @term
@@ -118,6 +125,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     Keras 2: ``-(y'·log(q + ε) + (1 - y')·log(1 - q + ε))``,
     Keras 3 (``compat="keras3"``): the same without the extra ε.
     """
+    _check_smoothing_gamma(label_smoothing)
     path = "logits" if from_logits else _check_compat(compat)
     return Plan(BCE[path], {"label_smoothing": float(label_smoothing)}, axis=axis)
 
@@ -132,6 +140,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
     Keras 3 form, as for :func:`binary_crossentropy`), times ``y'·alpha + (1 - y')(1 - alpha)``
     when ``apply_class_balancing``.
     """
+    _check_smoothing_gamma(label_smoothing, gamma)
     path = "logits" if from_logits else _check_compat(compat)
     params = {"label_smoothing": float(label_smoothing), "gamma": float(gamma)}
     if apply_class_balancing:
@@ -222,6 +231,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     first, then clipped) and ``L = -Σ y'·log q``. y_true and y_pred must have the same shape.
     """
     _check_compat(compat)
+    _check_smoothing_gamma(label_smoothing)
     return Plan(CCE_LOGITS if from_logits else CCE_PROBS, {"label_smoothing": float(label_smoothing)},
                 layout="strict", axis=axis)
 
@@ -235,6 +245,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     ``L = Σ alpha·(1 - q)**gamma·(-y'·log q)``. ``alpha`` is a scalar or one weight per class.
     """
     _check_compat(compat)
+    _check_smoothing_gamma(label_smoothing, gamma)
     a = np.asarray(alpha, dtype=np.float64)
     return Plan(CFCE_LOGITS if from_logits else CFCE_PROBS,
                 {"label_smoothing": float(label_smoothing), "gamma": float(gamma),
@@ -272,7 +283,7 @@ GCE = RowProgram("gce", ("p",), (), gce_finish, sparse=True)
 
 
 @loss("SparseCategoricalCrossentropy",
-      class_params=("from_logits", "ignore_class", "reduction", "name", "axis"))
+      class_params=("from_logits", "ignore_class", "reduction", "name"))
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, axis=-1, ignore_class=None,
                                     *, compat="keras2"):
     """Crossentropy with integer class ids as labels.

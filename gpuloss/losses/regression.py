@@ -85,6 +85,8 @@ def huber(y_true, y_pred, delta=1.0, *, compat="keras2"):
     Keras 2 always computes Huber in float32; gpuloss keeps float64 inputs in float64
     (the values agree to float32 precision).
     """
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0, got {delta!r}")
     return Plan(HUBER, {"delta": float(delta)})
 
 

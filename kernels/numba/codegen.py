@@ -98,13 +98,16 @@ class _Gen:
 
     # ---- row bodies -----------------------------------------------------------------------
     def _call(self, t: Term, prefix: str, suffix: str, index: str | None, col: str | None) -> str:
-        """A call of term ``t``; elements are read at ``[index]`` (None in finish terms)."""
+        """A call of term ``t``; elements are read as ``<name>_v[index]`` from the slice of the
+        current row or block (None in finish terms). Indexing a slice rather than the whole
+        array lets LLVM prove the index non-negative: with ``arr[r, j]`` Numba's negative-index
+        wraparound made the vectoriser emit gathers."""
         args = []
         for a in t.args:
             if a in ELEMENT_NAMES:
                 if index is None:
                     raise TypeError(f"{t.name}: element {a} read outside an element term")
-                arr = "p_arr" if self.p.sparse else f"{a}_arr"
+                arr = "p_v" if self.p.sparse else f"{a}_v"
                 args.append(f"_T({arr}[{index}])")
             elif a == "n":
                 args.append("n" + suffix)
@@ -122,8 +125,14 @@ class _Gen:
                 args.append(f"{a}{suffix}")
         return f"{prefix}{t.name}({', '.join(args)})"
 
-    def _element_call(self, t: Term, row: str, col: str) -> str:
-        return self._call(t, "e_", "_T", f"{row}, {col}", col)
+    def _element_call(self, t: Term) -> str:
+        return self._call(t, "e_", "_T", "j", "c0 + j")
+
+    def slices(self, ind: str, lead: str, span: str) -> str:
+        """``<name>_v = <name>_arr[lead, span]`` for each element array."""
+        names = ["p"] if self.p.sparse else list(self.elements)
+        sep = ", " if lead else ""
+        return "".join(f"{ind}{n}_v = {n}_arr[{lead}{sep}{span}]\n" for n in names)
 
     def stats_decl_T(self, names, ind) -> str:
         return "".join(f"{ind}st_{n}_T = _T(st_{n})\n" for n in names)
@@ -133,9 +142,10 @@ class _Gen:
         out = []
         for name, st in self.p.passes[k]:
             out.append(f"{ind}st_{name} = {'0.0' if st.kind == 'sum' else '-np.inf'}")
-        out.append(f"{ind}for j in range({c0}, {c1}):")
+        out.append(self.slices(ind, row, f"{c0}:{c1}").rstrip("\n"))
+        out.append(f"{ind}for j in range({c1} - {c0}):")
         for name, st in self.p.passes[k]:
-            call = self._element_call(st.term, row, "j")
+            call = self._element_call(st.term)
             if st.kind == "sum":
                 out.append(f"{ind}    st_{name} += _F({call})")
             else:  # Max ignores NaN; every program that uses one also sums the same elements
@@ -226,7 +236,7 @@ class _Gen:
 
     def flat_kernels(self, suffix: str, parallel: bool) -> str:
         (name, st), = self.p.passes[0]
-        call = self._call(st.term, "e_", "_T", "i", None)
+        call = self._call(st.term, "e_", "_T", "j", None)
         return (
             f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True)\n"
             f"def flat_reduce_{suffix}({self.array_args()}, w_arr, w_step{self.param_args()}):\n"
@@ -235,17 +245,21 @@ class _Gen:
             f"    nb = (N + BLOCK - 1) // BLOCK\n"
             f"    part = np.zeros((nb, 2))\n"
             f"    for b in prange(nb):\n"
+            f"        lo = b * BLOCK\n"
+            f"        hi = min(N, lo + BLOCK)\n"
+            f"{self.slices('        ', '', 'lo:hi')}"
             f"        swl = 0.0\n"
             f"        sw = 0.0\n"
             f"        if w_step == 0:\n"
-            f"            for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):\n"
+            f"            for j in range(hi - lo):\n"
             f"                swl += _F({call})\n"
             f"            w = _F(w_arr[0])\n"
-            f"            sw = w * (min(N, (b + 1) * BLOCK) - b * BLOCK)\n"
+            f"            sw = w * (hi - lo)\n"
             f"            swl *= w\n"
             f"        else:\n"
-            f"            for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):\n"
-            f"                w = _F(w_arr[i])\n"
+            f"            w_v = w_arr[lo:hi]\n"
+            f"            for j in range(hi - lo):\n"
+            f"                w = _F(w_v[j])\n"
             f"                swl += w * _F({call})\n"
             f"                sw += w\n"
             f"        part[b, 0] = swl\n"
@@ -257,8 +271,12 @@ class _Gen:
             f"{self.param_setup('    ')}"
             f"    nb = (N + BLOCK - 1) // BLOCK\n"
             f"    for b in prange(nb):\n"
-            f"        for i in range(b * BLOCK, min(N, (b + 1) * BLOCK)):\n"
-            f"            out[i] = {call}\n"
+            f"        lo = b * BLOCK\n"
+            f"        hi = min(N, lo + BLOCK)\n"
+            f"{self.slices('        ', '', 'lo:hi')}"
+            f"        out_v = out[lo:hi]\n"
+            f"        for j in range(hi - lo):\n"
+            f"            out_v[j] = {call}\n"
         )
 
     def chunk_kernels(self) -> str:
@@ -356,7 +374,7 @@ class _Gen:
                 parts.append(self.flat_kernels(suffix, par))
         if self.p.passes:
             parts.append(self.chunk_kernels())
-        return "\n\n\n".join(parts) + "\n"
+        return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
 def module_source(program: RowProgram, dtype: str, column_params: tuple[str, ...] = ()) -> str:

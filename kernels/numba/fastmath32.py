@@ -252,7 +252,7 @@ _126 = _f32(126.0)
 # ---------------------------------------------------------------------------
 
 
-@njit(fastmath=_FLAGS, cache=False)
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def exp32(x: np.float32) -> np.float32:
     """e**x in float32, <= 1 ulp, vectorisable."""
     x = np.float32(x)
@@ -263,14 +263,17 @@ def exp32(x: np.float32) -> np.float32:
     r = _fma(-n, _LN2_HI, xc)  # exact
     r = _fma(-n, _LN2_LO, r)
     q = _fma(_fma(_fma(_fma(_E4, r, _E3), r, _E2), r, _E1), r, _E0)
-    p = _fma(r * r, q, r) + _ONE
+    # p = 1 + r + r^2*q with 1 + r kept exact (Fast2Sum): rounding 1 + (r + r^2 q)
+    # directly cost up to 1.04 ulp (measured at x = -5.84), this keeps it < 0.6
+    s = _ONE + r
+    p = s + ((r - (s - _ONE)) + (r * r) * q)
     n1 = _rint(n * _HALF)
     n2 = n - n1
     y = (p * _pow2(n1)) * _pow2(n2)  # first product exact, second rounds once
     return y if x == x else x
 
 
-@njit(fastmath=_FLAGS, cache=False)
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def expm1_32(x: np.float32) -> np.float32:
     """e**x - 1 in float32, <= 1 ulp, vectorisable."""
     x = np.float32(x)
@@ -299,51 +302,61 @@ def expm1_32(x: np.float32) -> np.float32:
     return y if x == x else x
 
 
-@njit(fastmath=_FLAGS, cache=False)
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def _log_kernel(f: np.float32, k: np.float32) -> tuple[np.float32, np.float32]:
+    """k*ln2 + log1p(f) as an unevaluated pair (hi, lo), f in [sqrt(.5)-1, sqrt(2)-1]."""
+    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_L7, f, _L6), f, _L5), f, _L4), f, _L3), f, _L2), f, _L1), f, _L0)
+    t = _fma(f, p, -_HALF)  # log1p(f) = f + f^2*t
+    # k*ln2 + f: with fma(k, ln2, f) the sum rounds once too often when the
+    # result drops a binade (1.5 ulp measured at x = 2864.8), so add it exactly.
+    kh = k * _LN2_HI16  # exact for |k| < 256
+    hi = kh + f  # Fast2Sum: |kh| >= |f| whenever k != 0
+    hi_err = f - (hi - kh)
+    lo = _fma(f * f, t, _fma(k, _LN2_LO16, hi_err))
+    return hi, lo
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def log32(x: np.float32) -> np.float32:
     """Natural log in float32, <= 1 ulp, vectorisable."""
     x = np.float32(x)
     sub = x < _MIN_NORMAL
-    xs = x * _TWO23 if sub else x
+    xs = x * _TWO23 if sub else x  # subnormal -> normal, exact
     m, e = _split_sqrt2(xs)
     e = e - _23 if sub else e
-    f = m - _ONE  # exact
-    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_L7, f, _L6), f, _L5), f, _L4), f, _L3), f, _L2), f, _L1), f, _L0)
-    t = _fma(f, p, -_HALF)
-    hi = _fma(e, _LN2_HI, f)  # exact for |e| <= 1
-    lo = _fma(f * f, t, e * _LN2_LO)
+    hi, lo = _log_kernel(m - _ONE, e)  # m - 1 is exact
     y = hi + lo
     y = _NINF if x == _ZERO else y
     y = y if x < _INF else x  # +inf -> +inf, NaN -> NaN
     return _NAN if x < _ZERO else y
 
 
-@njit(fastmath=_FLAGS, cache=False)
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def log1p32(x: np.float32) -> np.float32:
     """log(1 + x) in float32, <= 1 ulp, vectorisable."""
     x = np.float32(x)
-    u = x + _ONE
+    u = x + _ONE  # u >= 2^-24 for x > -1, never subnormal
     m, k = _split_sqrt2(u)
-    # exact rounding error of u = 1 + x
+    # exact rounding error c = (1 + x) - u; both expressions are exact in their range
     c = _ONE - (u - x) if u >= _TWO else x - (u - _ONE)
     kk = k if k < _126 else _126
-    f = (m - _ONE) + c * _pow2(-kk)  # == x exactly when k == 0
-    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_L7, f, _L6), f, _L5), f, _L4), f, _L3), f, _L2), f, _L1), f, _L0)
-    t = _fma(f, p, -_HALF)
-    # f carries bits below 2^-24 here, so fma(k, ln2, f) as in log32 would round
-    # once too often (1.6 ulp measured around x = 0.62); use an exact pair.
-    kh = k * _LN2_HI16  # exact
-    hi = kh + f  # Fast2Sum: |kh| >= |f| whenever k != 0
-    hi_err = f - (hi - kh)
-    lo = _fma(f * f, t, _fma(k, _LN2_LO16, hi_err))
-    y = hi + lo
+    d = c * _pow2(-kk)
+    # (1 + x) / 2^k - 1 = (m - 1) + d exactly; split it into fa + fb (Fast2Sum:
+    # m - 1 is either 0 or at least twice |d|).  For k == 0, fa == x, fb == 0.
+    f = m - _ONE
+    fa = f + d
+    fb = d - (fa - f)
+    hi, lo = _log_kernel(fa, k)
+    # log1p(fa + fb) = log1p(fa) + fb/(1 + fa) + O(fb^2); fb <= 2^-25, first order is plenty
+    # (rounding fa + fb instead cost 1.46 ulp at x = 0.435)
+    y = hi + (lo + _fma(-fb, fa, fb))
     y = x if x == _ZERO else y  # keep the sign of zero
     y = _NINF if x == -_ONE else y
     y = y if x < _INF else x  # +inf -> +inf, NaN -> NaN
     return _NAN if x < -_ONE else y
 
 
-@njit(fastmath=_FLAGS, cache=False)
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def sigmoid32(x: np.float32) -> np.float32:
     """1 / (1 + e**-x) in float32, <= 1 ulp, vectorisable, no overflow."""
     x = np.float32(x)

@@ -1,0 +1,117 @@
+"""Kernel paths: the same numbers from every path, the same bits for any thread count."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import gpuloss
+from gpuloss.kernels import numba as K
+from gpuloss.kernels.numba import codegen
+
+rng = np.random.default_rng(3)
+
+
+def _bits(x):
+    return np.asarray(x).tobytes()
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: gpuloss.MeanSquaredError(), (300_001, 1)),
+    (lambda: gpuloss.BinaryCrossentropy(from_logits=True), (100_003, 3)),
+    (lambda: gpuloss.CategoricalCrossentropy(from_logits=True), (4_001, 37)),
+    (lambda: gpuloss.SparseCategoricalCrossentropy(from_logits=True), (4_001, 37)),
+    (lambda: gpuloss.CosineSimilarity(), (2, 200_000)),
+    (lambda: gpuloss.MeanSquaredError(), (1, 1_000_003)),
+])
+def test_same_bits_for_any_thread_count(make, shape):
+    loss = make()
+    p = rng.standard_normal(shape).astype(np.float32)
+    if isinstance(loss, gpuloss.SparseCategoricalCrossentropy):
+        y = rng.integers(0, shape[1], size=shape[0])
+    else:
+        y = rng.random(shape).astype(np.float32)
+    w = rng.random(shape[0]).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append((_bits(loss(y, p)), _bits(loss(y, p, sample_weight=w))))
+            results.append((_bits(loss(y, p)), _bits(loss(y, p, sample_weight=w))))
+    finally:
+        numba.set_num_threads(before)
+    assert all(r == results[0] for r in results)
+
+
+def _reference_rows_cce(y, x):
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    return -(y * (x - lse[:, None])).sum(axis=1)
+
+
+def test_column_chunked_rows_match_row_local():
+    # few very long rows go through the chunked kernels; compare with float64 math
+    C = codegen.CHUNK_MIN_COLS * 2 + 5
+    x = rng.standard_normal((3, C)).astype(np.float32) * 4
+    y = np.zeros((3, C), np.float32)
+    y[np.arange(3), rng.integers(0, C, 3)] = 1
+    assert K._use_chunks(gpuloss.losses.probabilistic.CCE_LOGITS, 3, C)
+    got = gpuloss.categorical_crossentropy(y, x, from_logits=True)
+    np.testing.assert_allclose(got, _reference_rows_cce(y, x), rtol=1e-6)
+    labels = y.argmax(axis=1)
+    np.testing.assert_allclose(gpuloss.sparse_categorical_crossentropy(labels, x, from_logits=True),
+                               _reference_rows_cce(y, x), rtol=1e-6)
+    np.testing.assert_allclose(gpuloss.CategoricalCrossentropy(from_logits=True)(y, x),
+                               _reference_rows_cce(y, x).mean(), rtol=1e-6)
+
+
+def test_flat_and_row_paths_agree():
+    y = rng.random((50_000, 4)).astype(np.float32)
+    p = rng.random((50_000, 4)).astype(np.float32)
+    ref = ((p.astype(np.float64) - y) ** 2).mean(axis=1)
+    np.testing.assert_allclose(gpuloss.MeanSquaredError()(y, p), ref.mean(), rtol=1e-7)  # flat
+    w = rng.random(50_000)
+    np.testing.assert_allclose(gpuloss.MeanSquaredError()(y, p, sample_weight=w), (w * ref).mean(), rtol=1e-7)
+    yF, pF = np.asfortranarray(y), np.asfortranarray(p)  # row kernels on strided rows
+    np.testing.assert_allclose(gpuloss.MeanSquaredError()(yF, pF), ref.mean(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 7, K.SERIAL_BELOW - 1, K.SERIAL_BELOW + 1, 10 * codegen.BLOCK + 3])
+def test_serial_and_parallel_sizes(n):
+    y = rng.random((n, 1)).astype(np.float32)
+    p = rng.random((n, 1)).astype(np.float32)
+    ref = np.abs(p.astype(np.float64) - y).mean()
+    np.testing.assert_allclose(gpuloss.MeanAbsoluteError()(y, p), ref, rtol=1e-6)
+    np.testing.assert_allclose(gpuloss.MeanAbsoluteError(reduction="none")(y, p), np.abs(p - y)[:, 0], rtol=1e-6)
+
+
+def test_precision_at_ten_million_elements():
+    y = rng.random(10_000_000).astype(np.float32)
+    p = rng.random(10_000_000).astype(np.float32)
+    ref = float(np.mean((p.astype(np.float64) - y) ** 2))
+    np.testing.assert_allclose(float(gpuloss.mean_squared_error(y, p)), ref, rtol=1e-6)
+
+
+def test_generated_sources_are_valid_python_for_every_registered_program():
+    import ast
+
+    for program in _programs():
+        for dtype in ("float32", "float64"):
+            ast.parse(codegen.module_source(program, dtype))
+
+
+def _programs():
+    seen = {}
+    import gpuloss.losses as fam
+
+    for mod in (fam.regression, fam.probabilistic, fam.hinge, fam.similarity, fam.segmentation,
+                fam.metric_learning):
+        for v in vars(mod).values():
+            items = v.values() if isinstance(v, dict) else [v]
+            for it in items:
+                if isinstance(it, gpuloss.program.RowProgram):
+                    seen[it.fingerprint()] = it
+    return list(seen.values())
