@@ -32,6 +32,7 @@ typed by the backend); statistics accumulate, and finish terms compute, in float
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import textwrap
@@ -53,14 +54,23 @@ class Term:
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
         self.name = fn.__name__
-        self.args = tuple(inspect.signature(fn).parameters)
-        self.source = textwrap.dedent(inspect.getsource(fn))
+        code = fn.__code__
+        self.args = code.co_varnames[: code.co_argcount]
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    # source and syntax tree are read on first use (code generation), not at import:
+    # parsing every term's source made `import gpuloss` ~60 ms slower
+    @functools.cached_property
+    def source(self) -> str:
+        return textwrap.dedent(inspect.getsource(self.fn))
+
+    @functools.cached_property
+    def tree(self) -> ast.FunctionDef:
         tree = ast.parse(self.source).body[0]
         assert isinstance(tree, ast.FunctionDef)
         tree.decorator_list = []
-        self.tree = tree
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
+        return tree
 
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args)
