@@ -20,7 +20,9 @@ Conventions
   whole class pipeline: rank alignment (§5.1), per-sample loss and its mask, sample-weight
   alignment (§5.2), weighting and reduction (§4).
 * ``compat="keras2"`` is tf_keras 2.21 called on tensors; ``compat="keras3"`` is Keras 3 on the
-  TensorFlow backend (Tversky: Keras master, alpha weights false positives).
+  TensorFlow backend (Tversky: Keras master, alpha weights false positives). In keras3 mode the
+  class pipeline (``loss_call``) computes in float32 whatever the input dtype (Keras 3's default
+  loss dtype); the functions keep float64 as float64 (Keras 3 functions on TensorFlow).
 """
 
 from __future__ import annotations
@@ -629,6 +631,12 @@ def loss_call(fn_name: str, *inputs: Any, sample_weight: Any = None, reduction: 
     """The whole ``Loss.__call__``: align ranks, compute L and its mask, weight, reduce."""
     compat = compat or default_compat(fn_name)
     _check_compat(compat)
+    if dtype is None and compat == KERAS3:
+        # Keras 3's Loss.__call__ converts y_true, y_pred (labels included), sample_weight and
+        # the mask to the loss dtype, float32 by default (§2.2, §6): float64 and float16 inputs
+        # compute in float32 and the result is float32. (A Keras 3 *function* called directly
+        # keeps float64 on TensorFlow, §6, so REFERENCES[...] keeps the input's dtype.)
+        dtype = np.float32
     if reduction == "default":
         reduction = default_reduction(fn_name, compat)
     if compat == KERAS3 and reduction == "auto":

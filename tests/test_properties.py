@@ -489,16 +489,27 @@ def magnitude(fn: str, inputs: tuple, params: dict, compat: str, cd, L: np.ndarr
 # comparison
 # ------------------------------------------------------------------------------------------------
 
-def input_dtype(sample: Sample):
-    return np.asarray(sample.inputs[1 if len(sample.inputs) == 2 else 0]).dtype
+def primary(fn: str, inputs: tuple) -> np.ndarray:
+    """The input whose dtype decides the compute dtype: y_pred (the anchor for triplets)."""
+    return np.asarray(inputs[0 if fn in ref.TRIPLET_INPUTS else 1])
 
 
-def check_output(result: Any, dtype, expected: np.ndarray, S: np.ndarray, M: np.ndarray, what: str):
+def allowed_dtypes(dtype, compat: str, is_class: bool) -> tuple:
+    """Output dtypes: float32 -> float32, float64 -> float64, float16 -> float16 (tf_keras) or
+    float32; a Keras 3 class computes and returns float32 whatever the input (§6)."""
+    if is_class and compat == ref.KERAS3:
+        return (np.dtype(F32),)
+    if np.dtype(dtype) == np.dtype(F16):
+        return (np.dtype(F16), np.dtype(F32))
+    return (np.dtype(dtype),)
+
+
+def check_output(result: Any, allowed: tuple, expected: np.ndarray, S: np.ndarray, M: np.ndarray,
+                 what: str):
     assert isinstance(result, np.ndarray), f"{what}: expected a NumPy array, got {type(result)}"
-    allowed = {np.dtype(F16): (F16, F32)}.get(np.dtype(dtype), (dtype,))
-    assert result.dtype in [np.dtype(a) for a in allowed], f"{what}: dtype {result.dtype} for {dtype} input"
+    assert result.dtype in allowed, f"{what}: dtype {result.dtype}, expected one of {allowed}"
     assert result.shape == expected.shape, f"{what}: shape {result.shape}, reference {expected.shape}"
-    tol = TOLERANCES[np.dtype(dtype)]
+    tol = TOLERANCES[result.dtype]
     got = result.astype(F64)
     nan = np.isnan(expected)
     assert np.array_equal(np.isnan(got), nan), f"{what}: NaN pattern differs: {got} vs {expected}"
@@ -567,11 +578,12 @@ def class_case(lib, fn, ch: Chooser, big=False, dtype=None, compat=None, reducti
         sample = mismatch_ranks(ch, sample)
     if reduction == "draw":
         reduction = ch.choice(reductions_for(compat))
-    cd = ref.compute_dtype(sample.inputs[0 if fn in ref.TRIPLET_INPUTS else 1])
+    # a Keras 3 class computes in its loss dtype, float32 (§6)
+    cd = F32 if compat == ref.KERAS3 else ref.compute_dtype(primary(fn, sample.inputs))
     inputs = sample.inputs
     if fn not in ref.TRIPLET_INPUTS:
         inputs = ref.align_ranks(*inputs, compat)
-    L, mask = ref.per_sample(fn, *inputs, compat=compat, **sample.params)
+    L, mask = ref.per_sample(fn, *inputs, compat=compat, dtype=cd, **sample.params)
     M_L = magnitude(fn, inputs, sample.params, compat, cd, L)
     if sw == "draw":
         rng = ch.rng()
@@ -592,7 +604,7 @@ def class_case(lib, fn, ch: Chooser, big=False, dtype=None, compat=None, reducti
             f"shapes={[np.shape(a) for a in sample.inputs]} dtype={np.dtype(dtype).name} "
             f"sample_weight={'None' if sw is None else np.shape(sw)}")
     result = call_class(lib, fn, sample, sw, reduction, compat)
-    check_output(result, dtype, expected, S, M, what)
+    check_output(result, allowed_dtypes(dtype, compat, True), expected, S, M, what)
     return sample, result
 
 
@@ -685,8 +697,14 @@ def test_class_matches_reference(gpuloss, fn, data):
 @given(data=st.data())
 def test_function_matches_reference(gpuloss, fn, data):
     ch = Chooser(data)
-    dtype = ch.choice([F32, F32, F64, F16])
     compat = ch.choice(compats_for(fn))
+    # float64 in keras3 mode is checked separately (test_keras3_function_keeps_float64) so that a
+    # dtype problem there does not hide everything else
+    dtype = ch.choice([F32, F32, F64, F16] if compat == ref.KERAS2 else [F32, F32, F16])
+    function_case(gpuloss, fn, ch, dtype, compat)
+
+
+def function_case(lib, fn, ch, dtype, compat):
     sample = GENERATORS[fn](fn, ch, dtype, compat, False)
     params = dict(sample.params)
     if fn == "circle" and ch.boolean():  # reference set given explicitly (function only)
@@ -695,16 +713,25 @@ def test_function_matches_reference(gpuloss, fn, data):
         e = rng.normal(size=(n, d))
         params["ref_embeddings"] = (e / np.linalg.norm(e, axis=-1, keepdims=True)).astype(dtype)
         params["ref_labels"] = rng.integers(3, size=n)
-    cd = ref.compute_dtype(sample.inputs[0 if fn in ref.TRIPLET_INPUTS else 1])
+    cd = ref.compute_dtype(primary(fn, sample.inputs))
     expected = ref.REFERENCES[fn](*sample.inputs, compat=compat, **params)
     mag_params = {k: v for k, v in params.items() if not k.startswith("ref_")}
     M = magnitude(fn, sample.inputs, mag_params, compat, cd, expected)
     if fn == "circle" and "ref_embeddings" in params:
         M = np.broadcast_to(8 * params["gamma"] * 4 + 50.0, expected.shape)
-    result = getattr(gpuloss, fn)(*sample.inputs, compat=compat, **params)
+    result = getattr(lib, fn)(*sample.inputs, compat=compat, **params)
     what = (f"{fn}({params if fn != 'circle' else mag_params}, compat={compat!r}) shapes="
             f"{[np.shape(a) for a in sample.inputs]} dtype={np.dtype(dtype).name}")
-    check_output(result, dtype, expected, np.abs(expected), M, what)
+    check_output(result, allowed_dtypes(dtype, compat, False), expected, np.abs(expected), M, what)
+
+
+@pytest.mark.parametrize("fn", ALL_LOSSES)
+def test_keras3_function_keeps_float64(gpuloss, fn):
+    """§6: a Keras 3 *function* called directly skips the loss-dtype conversion; on TensorFlow
+    float64 NumPy input stays float64 (it is the Keras 3 *class* that computes in float32)."""
+    if ref.KERAS3 not in compats_for(fn):
+        pytest.skip("keras2 only")
+    function_case(gpuloss, fn, Chooser(seed=5), F64, ref.KERAS3)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -34,10 +34,18 @@ BLOCK = 8192
 CHUNK_MIN_COLS = 1 << 16
 CHUNK_MAX_ROWS = 32
 
-# Fast-math flags. 'reassoc' lets LLVM vectorise the float64 accumulation (without it the
-# fused MSE ran at ~24 GB/s instead of ~45 GB/s); 'contract' allows FMA. No 'nnan'/'ninf':
-# NaN and inf must propagate as they do in Keras.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# Fast-math flags. Kernels need 'reassoc' so LLVM vectorises the float64 accumulation (without
+# it the fused MSE ran at ~24 GB/s instead of ~45 GB/s). Terms must NOT be reassociated: Keras's
+# `log(1 - q + ε)` at q = 1 - ε became `log((1 + ε) - q)` and binary crossentropy of a saturated
+# prediction moved from 15.33 to 15.25. So kernels and terms compile without it; the terms fill a
+# small buffer in a plain elementwise loop (vectorised without reassociation) and only the sum of
+# that buffer (kernels/numba/accumulate.py) is reassociated. (Leaving terms as separate functions for
+# LLVM to inline failed: the larger ones were not inlined and their loops stayed scalar.)
+# No 'nnan'/'ninf' anywhere: NaN and inf propagate as they do in Keras.
+FASTMATH = {"contract", "nsz", "arcp"}
+#: Term values are buffered in chunks of this many elements (8 KiB of float64, in L1) and
+#: summed by kernels.numba.accumulate, whose float64 loop alone is reassociated and vectorised.
+BUF = 1024
 
 _VOCAB_IMPORT = ("from gpuloss.kernels.numba.vocab import (exp, log, log1p, sqrt, rsqrt, "
                  "maximum, minimum, clip, power, sigmoid, softplus, label_index)")
@@ -66,7 +74,8 @@ def _emit_term(t: Term, prefix: str, cast: str, term_names: set[str]) -> str:
     tree = _Literals(cast, prefix, term_names).visit(ast.parse(t.source).body[0])
     tree.name = prefix + t.name
     tree.decorator_list = []
-    return (f"@njit(inline='always', fastmath=FASTMATH)\n" + ast.unparse(ast.fix_missing_locations(tree)))
+    return (f"@njit(inline='always', fastmath=FASTMATH, error_model='numpy')\n"
+            + ast.unparse(ast.fix_missing_locations(tree)))
 
 
 class _Gen:
@@ -126,7 +135,11 @@ class _Gen:
         return f"{prefix}{t.name}({', '.join(args)})"
 
     def _element_call(self, t: Term) -> str:
-        return self._call(t, "e_", "_T", "j", "c0 + j")
+        return self._call(t, "e_", "_T", "j", "q0 + j")
+
+    def buffers(self, ind: str) -> str:
+        names = [n for p in self.p.passes for n, _ in p]
+        return "".join(f"{ind}buf_{n} = np.empty(BUF)\n" for n in names)
 
     def slices(self, ind: str, lead: str, span: str) -> str:
         """``<name>_v = <name>_arr[lead, span]`` for each element array."""
@@ -142,15 +155,18 @@ class _Gen:
         out = []
         for name, st in self.p.passes[k]:
             out.append(f"{ind}st_{name} = {'0.0' if st.kind == 'sum' else '-np.inf'}")
-        out.append(self.slices(ind, row, f"{c0}:{c1}").rstrip("\n"))
-        out.append(f"{ind}for j in range({c1} - {c0}):")
+        out.append(f"{ind}for q0 in range({c0}, {c1}, BUF):")
+        out.append(f"{ind}    q1 = min({c1}, q0 + BUF)")
+        out.append(self.slices(ind + "    ", row, "q0:q1").rstrip("\n"))
+        out.append(f"{ind}    for j in range(q1 - q0):")
         for name, st in self.p.passes[k]:
-            call = self._element_call(st.term)
+            out.append(f"{ind}        buf_{name}[j] = _F({self._element_call(st.term)})")
+        for name, st in self.p.passes[k]:
             if st.kind == "sum":
-                out.append(f"{ind}    st_{name} += _F({call})")
-            else:  # Max ignores NaN; every program that uses one also sums the same elements
-                out.append(f"{ind}    v_{name} = _F({call})")
-                out.append(f"{ind}    st_{name} = v_{name} if v_{name} > st_{name} else st_{name}")
+                out.append(f"{ind}    st_{name} += sum64(buf_{name}, q1 - q0)")
+            else:
+                out.append(f"{ind}    m_{name} = max64(buf_{name}, q1 - q0)")
+                out.append(f"{ind}    st_{name} = m_{name} if m_{name} > st_{name} else st_{name}")
         return "\n".join(out) + "\n"
 
     def row_value(self, ind: str, row: str) -> str:
@@ -187,7 +203,7 @@ class _Gen:
     def rows_kernel(self, suffix: str, parallel: bool) -> str:
         ind = " " * 12
         return (
-            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True)\n"
+            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def rows_{suffix}({self.array_args()}, out{self.header()}{self.param_args()}):\n"
             f"    R = out.shape[0]\n"
             f"    C = {self.arrays[0]}.shape[1]\n"
@@ -197,6 +213,7 @@ class _Gen:
             f"    nbad = np.zeros(nb, dtype=np.int64)\n"
             f"    for b in prange(nb):\n"
             f"        bad = 0\n"
+            f"{self.buffers('        ')}"
             f"        for r in range(b * rpb, min(R, (b + 1) * rpb)):\n"
             f"{self.row_value(ind, 'r')}"
             f"            out[r] = val\n"
@@ -207,7 +224,7 @@ class _Gen:
     def reduce_kernel(self, suffix: str, parallel: bool) -> str:
         ind = " " * 12
         return (
-            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True)\n"
+            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def reduce_{suffix}({self.array_args()}, w_arr, w_step{self.header()}{self.param_args()}):\n"
             f"    R = {self.arrays[0]}.shape[0]\n"
             f"    C = {self.arrays[0]}.shape[1]\n"
@@ -217,6 +234,7 @@ class _Gen:
             f"    part = np.zeros((nb, 4))\n"
             f"    for b in prange(nb):\n"
             f"        bad = 0\n"
+            f"{self.buffers('        ')}"
             f"        swl = 0.0\n"
             f"        sw = 0.0\n"
             f"        cnt = 0.0\n"
@@ -238,34 +256,37 @@ class _Gen:
         (name, st), = self.p.passes[0]
         call = self._call(st.term, "e_", "_T", "j", None)
         return (
-            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True)\n"
+            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def flat_reduce_{suffix}({self.array_args()}, w_arr, w_step{self.param_args()}):\n"
             f"    N = {self.arrays[0]}.shape[0]\n"
             f"{self.param_setup('    ')}"
             f"    nb = (N + BLOCK - 1) // BLOCK\n"
             f"    part = np.zeros((nb, 2))\n"
             f"    for b in prange(nb):\n"
-            f"        lo = b * BLOCK\n"
-            f"        hi = min(N, lo + BLOCK)\n"
-            f"{self.slices('        ', '', 'lo:hi')}"
+            f"        buf = np.empty(BUF)\n"
             f"        swl = 0.0\n"
             f"        sw = 0.0\n"
+            f"        for q0 in range(b * BLOCK, min(N, (b + 1) * BLOCK), BUF):\n"
+            f"            q1 = min(N, q0 + BUF)\n"
+            f"{self.slices('            ', '', 'q0:q1')}"
+            f"            if w_step == 0:\n"
+            f"                for j in range(q1 - q0):\n"
+            f"                    buf[j] = _F({call})\n"
+            f"                swl += sum64(buf, q1 - q0)\n"
+            f"            else:\n"
+            f"                w_v = w_arr[q0:q1]\n"
+            f"                for j in range(q1 - q0):\n"
+            f"                    buf[j] = _F(w_v[j]) * _F({call})\n"
+            f"                swl += sum64(buf, q1 - q0)\n"
+            f"                sw += sum64(w_v, q1 - q0)\n"
             f"        if w_step == 0:\n"
-            f"            for j in range(hi - lo):\n"
-            f"                swl += _F({call})\n"
             f"            w = _F(w_arr[0])\n"
-            f"            sw = w * (hi - lo)\n"
+            f"            sw = w * (min(N, (b + 1) * BLOCK) - b * BLOCK)\n"
             f"            swl *= w\n"
-            f"        else:\n"
-            f"            w_v = w_arr[lo:hi]\n"
-            f"            for j in range(hi - lo):\n"
-            f"                w = _F(w_v[j])\n"
-            f"                swl += w * _F({call})\n"
-            f"                sw += w\n"
             f"        part[b, 0] = swl\n"
             f"        part[b, 1] = sw\n"
             f"    return part\n\n\n"
-            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True)\n"
+            f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def flat_rows_{suffix}({self.array_args()}, out{self.param_args()}):\n"
             f"    N = out.shape[0]\n"
             f"{self.param_setup('    ')}"
@@ -290,7 +311,7 @@ class _Gen:
             loop = self.pass_loop(k, ind, "r", "c0", "c1")
             store = "".join(f"        part[r, c, {i}] = st_{n}\n" for i, n in enumerate(names))
             out.append(
-                f"@njit(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)\n"
+                f"@njit(parallel=True, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
                 f"def chunk_{k}({self.array_args()}, prev, chunk{self.param_args()}):\n"
                 f"    R = {self.arrays[0]}.shape[0]\n"
                 f"    C = {self.arrays[0]}.shape[1]\n"
@@ -304,6 +325,7 @@ class _Gen:
                 f"        c = q % nc\n"
                 f"        c0 = c * chunk\n"
                 f"        c1 = min(C, c0 + chunk)\n"
+                f"{self.buffers('        ')}"
                 f"{prev}"
                 f"{self.stats_decl_T(done, ind)}"
                 f"{loop}"
@@ -330,7 +352,7 @@ class _Gen:
         else:
             body = f"        out[r] = {self._call(self.p.finish, 'f_', '_F', None, None)}\n"
         out.append(
-            f"@njit(fastmath=FASTMATH, cache=True, nogil=True)\n"
+            f"@njit(fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def chunk_finish({self.array_args()}, stats, out, valid{self.header()}{self.param_args()}):\n"
             f"    R = out.shape[0]\n"
             f"    C = {self.arrays[0]}.shape[1]\n"
@@ -363,6 +385,8 @@ class _Gen:
             "_F = float64",
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
+            "from gpuloss.kernels.numba.accumulate import sum64, max64",
+            f"BUF = {BUF}",
             f"BLOCK = {BLOCK}",
         ]
         parts += [_emit_term(t, "e_", "_T", names) for t in elem_terms]
