@@ -228,7 +228,8 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     _backend.resolve_backend(backend)
     raw = [values[n] for n in spec.inputs]
     inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
-    dtype, out_dtype = result_dtypes(raw[1], compat)
+    # Keras 3 casts to its loss dtype in Loss.__call__; its functions keep the input dtype
+    dtype, out_dtype = result_dtypes(raw[1], compat if is_class_call else "keras2")
     if len(inputs) == 2 and (is_class_call or (compat == "keras3" and spec.k3_function_aligns)):
         y, p = inputs
         inputs = list(align_keras3(y, p) if compat == "keras3" else align_keras2(y, p))
@@ -270,9 +271,10 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     if nbad:
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
     R = math.prod(batch)
-    if len(batch) == 0:
+    aligned = batch if sw is None else L_shape  # Keras 3 may squeeze L against a scalar weight
+    if len(aligned) == 0:
         return _finish(swl, out_dtype)  # one value: every reduction returns it (weighted)
-    if compat == "keras3" and batch == (0,):
+    if compat == "keras3" and aligned == (0,):
         return _finish(np.zeros((0,)), out_dtype)  # Keras 3 returns an empty loss unreduced
     if reduction == "sum":
         value = swl

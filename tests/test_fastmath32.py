@@ -231,7 +231,7 @@ SPECIAL_CASES = {
     "log32": [(1.0, 0.0), (0.0, -INF), (-0.0, -INF), (INF, INF), (-INF, NAN), (-1.0, NAN), (NAN, NAN),
               (-TINY_SUB, NAN), (TINY_SUB, float(F32(math.log(TINY_SUB))))],
     "log1p32": [(0.0, 0.0), (-0.0, -0.0), (-1.0, -INF), (-1.5, NAN), (-INF, NAN), (INF, INF), (NAN, NAN),
-                (TINY_SUB, TINY_SUB), (-TINY_SUB, -TINY_SUB), (float(np.finfo(F32).max), float(F32(88.72284)))],
+                (TINY_SUB, TINY_SUB), (-TINY_SUB, -TINY_SUB), (float(np.finfo(F32).max), float(F32(math.log1p(float(np.finfo(F32).max)))))],
     "sigmoid32": [(0.0, 0.5), (-0.0, 0.5), (INF, 1.0), (-INF, 0.0), (NAN, NAN), (-200.0, 0.0), (200.0, 1.0),
                   (-100.0, float(F32(math.exp(-100.0))))],
 }
@@ -313,7 +313,6 @@ def test_fused_loop_vectorises() -> None:
     assert widths & {4, 8, 16}, sorted(widths)
     assert re.search(r"@llvm\.fma\.v\d+f32", ir), "polynomials were not widened"
     assert not _LIBM.search(ir), _LIBM.search(ir).group(0)
-    assert "numba_do_raise" not in ir.split("@cpython.")[0]
 
 
 @pytest.mark.parametrize("name", list(_REFS))
@@ -351,7 +350,4 @@ def test_caller_fastmath_does_not_leak(name: str) -> None:
     loose(x, got)
     # bit-identical, NaNs and signed zeros included: the compensated sums in the
     # bodies would be simplified away by 'reassoc' if the flags leaked
-    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)) or (
-        np.array_equal(np.isnan(got), np.isnan(want))
-        and np.array_equal(got[~np.isnan(got)].view(np.uint32), want[~np.isnan(want)].view(np.uint32))
-    )
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
