@@ -163,7 +163,8 @@ def log_cosh(y_true, y_pred, *, compat=KERAS2, dtype=None):
 def cosine_similarity(y_true, y_pred, axis=-1, *, compat=KERAS2, dtype=None):
     y, p, eps, _, cd = _prep(y_true, y_pred, dtype)
     if compat == KERAS2:
-        floor_sq = float(np.asarray(1e-12).astype(cd))  # TF l2_normalize: rsqrt(max(sum v^2, 1e-12))
+        # TF l2_normalize: v * rsqrt(max(sum v^2, 1e-12))
+        floor_sq = float(np.asarray(1e-12).astype(cd))
     else:
         floor_sq = eps * eps                            # Keras >= 3.1: norm floored at epsilon
 
@@ -285,7 +286,10 @@ def _sparse_ce_and_mask(y_true, y_pred, from_logits=False, axis=-1, ignore_class
                         compat=KERAS2, dtype=None, variant="tf"):
     labels, p, eps, hi, _ = _sparse_prepare(y_true, y_pred, axis, compat, dtype)
     n_classes = p.shape[-1]
-    valid = np.ones(labels.shape, dtype=bool) if ignore_class is None else labels != int(ignore_class)
+    if ignore_class is None:
+        valid = np.ones(labels.shape, dtype=bool)
+    else:
+        valid = labels != int(ignore_class)
     if np.any(valid & ((labels < 0) | (labels >= n_classes))):
         raise ValueError("label out of range")
     safe = np.where(valid, labels, 0)[..., None]

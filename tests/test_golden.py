@@ -39,7 +39,7 @@ def f32(x: Any) -> np.ndarray:
 class Case:
     id: str
     loss: str                      # gpuloss attribute: a class name or a function name
-    inputs: tuple                  # positional inputs (y_true, y_pred) / (anchor, positive, negative)
+    inputs: tuple                  # (y_true, y_pred) or (anchor, positive, negative)
     expected: Any                  # float, list, or NaN
     params: dict = field(default_factory=dict)  # loss-specific constructor / function kwargs
     sample_weight: Any = None
@@ -68,7 +68,8 @@ def _add(num: int, label: str, loss: str, inputs: tuple, *, k2: Any = None, k3: 
         GOLDEN_CASES.append(Case(base, loss, inputs, k2, params, sw, reduction, None, fn, dtype))
     if k3 is not None:
         if keras3_only:  # the loss's own default compat is keras3
-            GOLDEN_CASES.append(Case(base, loss, inputs, k3, params, sw, reduction, None, fn, dtype))
+            GOLDEN_CASES.append(Case(base, loss, inputs, k3, params, sw, reduction, None, fn,
+                                     dtype))
         else:
             red = SOBS if (reduction == DEFAULT and not fn) else reduction
             GOLDEN_CASES.append(Case(base + "-k3", loss, inputs, k3, params, sw, red, "keras3", fn,
@@ -113,7 +114,8 @@ _add(7, "binary_crossentropy", "binary_crossentropy", H, k2=[0.9162905, 0.713557
      k3=[0.91629076, 0.7135582], fn=True)
 A1P = (A1[0], f32([0.6, 0.3, 0.2, 0.8]))
 _add(8, "BCE", "BinaryCrossentropy", A1P, k2=0.988211, k3=0.9882113)
-_add(9, "BCE", "BinaryCrossentropy", A1P, k2=0.9725514, k3=0.9725517, params={"label_smoothing": 0.1})
+_add(9, "BCE", "BinaryCrossentropy", A1P, k2=0.9725514, k3=0.9725517,
+     params={"label_smoothing": 0.1})
 _add(10, "BCE", "BinaryCrossentropy", (f32([[0, 1, 0, 1]]), f32([[0, 0, 1, 1]])), k2=7.6895466,
      k3=8.01512)
 
@@ -229,7 +231,8 @@ _add(56, "hinge", "hinge", (f32([[0, 1], [0, 2]]), H[1]), k2=[0.8, 0.5], k3=[0.8
 _add(57, "categorical_hinge", "categorical_hinge",
      (f32([[0, 1, 0], [1, 0, 0]]), f32([[0.3, 0.2, 0.5], [-1, 0.5, -2]])), k2=[1.3, 2.5],
      k3=[1.3, 2.5], fn=True)
-_four(58, "Poisson", "Poisson", P, [0.8, 0.2], (0.49999997, 0.39999998, 0.99999994, [0.99999994, 0]))
+_four(58, "Poisson", "Poisson", P, [0.8, 0.2],
+      (0.49999997, 0.39999998, 0.99999994, [0.99999994, 0]))
 _four(59, "LogCosh", "LogCosh", P, [0.8, 0.2], (0.1084452, 0.08675616, 0.2168904, [0.2168904, 0]))
 _four(60, "KLDivergence", "KLDivergence", H, [0.8, 0.2],
       (0.45814306, 0.3665154, 0.9162861, [0.91628921, -3.0809074e-06]))
@@ -356,7 +359,8 @@ def check_result(result: Any, case: Case, *, check_dtype: bool = True) -> None:
     expected = case.expected_array
     assert isinstance(result, np.ndarray), f"expected a NumPy array, got {type(result).__name__}"
     if check_dtype:
-        assert result.dtype == np.dtype(case.out_dtype), f"dtype {result.dtype}, want {case.out_dtype}"
+        assert result.dtype == np.dtype(case.out_dtype), (
+            f"dtype {result.dtype}, want {np.dtype(case.out_dtype)}")
     assert result.shape == expected.shape, f"shape {result.shape}, want {expected.shape}"
     np.testing.assert_allclose(np.asarray(result, np.float64), expected, rtol=RTOL, atol=ATOL,
                                equal_nan=True)

@@ -9,24 +9,25 @@ BLOCK = 1 << 14
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _count_not_binary(flat):
-    n = flat.shape[0]
-    nb = (n + BLOCK - 1) // BLOCK
+def _count_not_binary(rows):
+    R, C = rows.shape
+    rpb = max(1, BLOCK // max(C, 1))
+    nb = (R + rpb - 1) // rpb
     counts = np.zeros(nb, dtype=np.int64)
     for b in prange(nb):
         c = 0
-        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            v = flat[i]
-            c += 0 if (v == 0 or v == 1) else 1
+        for r in range(b * rpb, min(R, (b + 1) * rpb)):
+            row = rows[r]
+            for j in range(C):
+                v = row[j]
+                c += 0 if (v == 0 or v == 1) else 1
         counts[b] = c
     return counts.sum()
 
 
-def all_zero_or_one(arr: np.ndarray) -> bool:
-    """True if every element is 0 or 1 (Hinge's batch-global label conversion test)."""
-    flat = arr.reshape(-1)
-    if not flat.flags.c_contiguous:
-        flat = np.ascontiguousarray(flat)
-    if flat.dtype == np.bool_:
+def all_zero_or_one(rows: np.ndarray) -> bool:
+    """True if every element of the (R, C) view is 0 or 1 (Hinge's batch-global label
+    conversion test). Reads the view in place: no copy of non-contiguous inputs."""
+    if rows.dtype == np.bool_:
         return True
-    return _count_not_binary(flat) == 0
+    return _count_not_binary(rows) == 0
