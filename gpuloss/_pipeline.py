@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend
+from .partial import Partial
 from .program import Plan
 
 __all__ = ["epsilon", "set_epsilon", "REDUCTIONS", "check_reduction", "evaluate", "as_array"]
@@ -263,6 +264,18 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
         return _finish(_weighted_reduce(L.reshape(batch), mask, sw, reduction, compat), out_dtype)
 
     # fused path: weights per row go into the kernel, which returns the partial triple
+    part = _fused_partial(kernels, plan, dtype, arrays, labels, params, sw, L_shape if sw is not None else batch,
+                          compat)
+    aligned = batch if sw is None else L_shape  # Keras 3 may squeeze L against a scalar weight
+    if len(aligned) == 0:
+        return _finish(part.weighted_sum, out_dtype)  # one value: every reduction returns it (weighted)
+    if compat == "keras3" and aligned == (0,):
+        return _finish(np.zeros((0,)), out_dtype)  # Keras 3 returns an empty loss unreduced
+    return _finish(part.value(reduction, compat), out_dtype)
+
+
+def _fused_partial(kernels, plan: Plan, dtype, arrays, labels, params, sw, L_shape, compat) -> Partial:
+    """One kernel pass: the partial triple of a reduced call (weights broadcastable to L)."""
     w = None
     if sw is not None:
         w = sw.reshape(1) if sw.size == 1 else np.ascontiguousarray(np.broadcast_to(sw, L_shape)).reshape(-1)
@@ -270,28 +283,14 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
                                               plan.ignore_class)
     if nbad:
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
-    R = math.prod(batch)
-    aligned = batch if sw is None else L_shape  # Keras 3 may squeeze L against a scalar weight
-    if len(aligned) == 0:
-        return _finish(swl, out_dtype)  # one value: every reduction returns it (weighted)
-    if compat == "keras3" and aligned == (0,):
-        return _finish(np.zeros((0,)), out_dtype)  # Keras 3 returns an empty loss unreduced
-    if reduction == "sum":
-        value = swl
-    elif reduction == "mean_with_sample_weight":
-        if sw is None:
-            total = count
-        elif plan.ignore_class is not None:
-            total = sw_sum
-        else:
-            total = float(np.sum(sw, dtype=np.float64))
-        value = swl / total if total else 0.0
+    masked = plan.ignore_class is not None
+    if sw is None:
+        total = count
+    elif masked:
+        total = sw_sum
     else:
-        if count == 0:
-            value = math.nan if (compat == "keras2" and plan.ignore_class is not None and R) else 0.0
-        else:
-            value = swl / count
-    return _finish(value, out_dtype)
+        total = float(np.sum(sw, dtype=np.float64))  # Keras 3: Σ of the aligned, unbroadcast weights
+    return Partial(swl, total, count, masked and math.prod(L_shape) > 0)
 
 
 def _align_weight(L_shape: tuple, sw: np.ndarray, compat: str):

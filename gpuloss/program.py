@@ -146,8 +146,9 @@ class RowProgram:
             names.update(a for a in t.args if a not in known)
         return tuple(sorted(names))
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """A hash of everything that shapes the generated code."""
+        """A hash of everything that shapes the generated code (computed once)."""
         h = hashlib.sha256()
         h.update(repr((self.name, self.elements, self.sparse, self.flat_scale)).encode())
         for p in self.passes:

@@ -113,7 +113,7 @@ def _programs():
             items = v.values() if isinstance(v, dict) else [v]
             for it in items:
                 if isinstance(it, gpuloss.program.RowProgram):
-                    seen[it.fingerprint()] = it
+                    seen[it.fingerprint] = it
     return list(seen.values())
 
 

@@ -193,15 +193,15 @@ def focal_element(ys, q, alpha, gamma):
 
 
 @term
-def cfce_prob_element(t, p, sp, label_smoothing, n, alpha, gamma, epsilon, one_minus_epsilon):
+def cfce_prob_element(t, p, sp, label_smoothing, label_classes, alpha, gamma, epsilon, one_minus_epsilon):
     q = clip(p / sp, epsilon, one_minus_epsilon)
-    return focal_element(smooth_categorical(t, label_smoothing, n), q, alpha, gamma)
+    return focal_element(smooth_categorical(t, label_smoothing, label_classes), q, alpha, gamma)
 
 
 @term
-def cfce_logit_element(t, p, m, e, label_smoothing, n, alpha, gamma, epsilon, one_minus_epsilon):
+def cfce_logit_element(t, p, m, e, label_smoothing, label_classes, alpha, gamma, epsilon, one_minus_epsilon):
     q = clip(exp(p - m) / e, epsilon, one_minus_epsilon)
-    return focal_element(smooth_categorical(t, label_smoothing, n), q, alpha, gamma)
+    return focal_element(smooth_categorical(t, label_smoothing, label_classes), q, alpha, gamma)
 
 
 @term
@@ -241,14 +241,18 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
                                    label_smoothing=0.0, axis=-1, *, compat="keras2"):
     """Categorical focal crossentropy, summed over the class ``axis``.
 
-    ``q = softmax(x)`` from logits, else ``y_pred``; ``q = clip(q / Σq, ε, 1 - ε)``;
+    ``y' = y_true·(1 - label_smoothing) + label_smoothing/K`` with K the size of y_true's last
+    axis (as Keras does, whatever ``axis`` is); ``q = softmax(x)`` from logits, else ``y_pred``;
+    ``q = clip(q / Σq, ε, 1 - ε)``;
     ``L = Σ alpha·(1 - q)**gamma·(-y'·log q)``. ``alpha`` is a scalar or one weight per class.
     """
     _check_compat(compat)
     _check_smoothing_gamma(label_smoothing, gamma)
     a = np.asarray(alpha, dtype=np.float64)
+    # Keras smooths with the size of y_true's *last* axis, even when the class axis is another
+    label_classes = np.shape(y_true)[-1] if np.ndim(y_true) else 1
     return Plan(CFCE_LOGITS if from_logits else CFCE_PROBS,
-                {"label_smoothing": float(label_smoothing), "gamma": float(gamma),
+                {"label_smoothing": float(label_smoothing), "gamma": float(gamma), "label_classes": label_classes,
                  "alpha": float(a) if a.ndim == 0 else a.reshape(-1)},
                 layout="strict", axis=axis)
 

@@ -56,7 +56,7 @@ def cache_dir() -> Path:
 
 def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = ()) -> ModuleType:
     """The generated kernel module of ``program`` for ``dtype``, written and imported once."""
-    key = (program.fingerprint(), dtype, column_params)
+    key = (program.fingerprint, dtype, column_params)
     mod = _MODULES.get(key)
     if mod is not None:
         return mod

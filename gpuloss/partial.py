@@ -1,0 +1,49 @@
+"""The partial triple of a reduced loss: what a chunk, a batch or a GPU contributes.
+
+Every reduction with a scalar result is a function of three sums, so results over chunks
+(Dask), batches (streaming) or devices merge exactly by adding them up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Partial"]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Σ w·ℓ, the "mean_with_sample_weight" divisor Σ w, and the element count.
+
+    ``masked`` records that a mask (``ignore_class``) took part: an all-masked mean is NaN in
+    Keras 2 and 0 in Keras 3.
+    """
+
+    weighted_sum: float = 0.0
+    weight_sum: float = 0.0
+    count: float = 0.0
+    masked: bool = False
+
+    def merge(self, other: "Partial") -> "Partial":
+        return Partial(self.weighted_sum + other.weighted_sum, self.weight_sum + other.weight_sum,
+                       self.count + other.count, self.masked or other.masked)
+
+    __add__ = merge
+
+    def value(self, reduction: str, compat: str = "keras2") -> float:
+        """The reduced loss ("auto", "sum_over_batch_size", "mean", "sum", "mean_with_sample_weight")."""
+        if reduction == "sum":
+            return self.weighted_sum
+        if reduction == "mean_with_sample_weight":
+            return self.weighted_sum / self.weight_sum if self.weight_sum else 0.0
+        if reduction in ("auto", "sum_over_batch_size", "mean"):
+            if self.count == 0:
+                return math.nan if (compat == "keras2" and self.masked and self.weighted_sum == 0.0
+                                    and self._any_rows) else 0.0
+            return self.weighted_sum / self.count
+        raise ValueError(f"reduction {reduction!r} has no scalar result")
+
+    @property
+    def _any_rows(self) -> bool:
+        return self.masked
