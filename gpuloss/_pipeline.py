@@ -221,11 +221,27 @@ def _finish(value, out_dtype):
 # ---- evaluation ---------------------------------------------------------------------------------
 
 def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, sample_weight: Any = None,
-             is_class_call: bool = False, backend: str | None = None) -> np.ndarray:
+             is_class_call: bool = False, backend: str | None = None):
     """Compute a loss. ``values`` are the bound arguments of the loss function (inputs first).
 
     With ``is_class_call`` the Keras class pipeline applies (rank alignment, weights, reduction).
+    Inputs of other array libraries are recognised by :mod:`gpuloss._interop` and the result
+    comes back as the caller's kind of array.
     """
+    from . import _interop
+
+    kind = _interop.classify([values[n] for n in spec.inputs] + [sample_weight])
+    if kind == "dask":
+        from . import _dask
+
+        return _dask.evaluate(spec, values, compat, reduction, sample_weight, is_class_call, backend)
+    host_values, host_weight, wrap = _interop.to_host(values, spec.inputs, sample_weight, kind)
+    result = _evaluate_host(spec, host_values, compat, reduction, host_weight, is_class_call, backend)
+    return wrap(result, is_class_call and reduction not in ("none", None))
+
+
+def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sample_weight: Any,
+                   is_class_call: bool, backend: str | None, want_partial: bool = False):
     _backend.resolve_backend(backend)
     raw = [values[n] for n in spec.inputs]
     inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
@@ -248,6 +264,8 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
         params = _params(plan, dtype, arrays)
         want_rows = not is_class_call or reduction in ("none", None)
     sw = None if sample_weight is None else as_array(sample_weight, "sample_weight")
+    if want_partial:
+        want_rows = plan.layout == "direct"
     if is_class_call and not want_rows and sw is not None:
         L_shape, sw = _align_weight(batch, sw, compat)
         if np.broadcast_shapes(L_shape, sw.shape) != L_shape:
@@ -260,18 +278,41 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
     if not is_class_call:
         return _finish(L.reshape(batch), out_dtype)
+    if want_rows and want_partial:
+        return _rows_partial(L.reshape(batch), mask, sw, compat)
     if want_rows:
         return _finish(_weighted_reduce(L.reshape(batch), mask, sw, reduction, compat), out_dtype)
 
     # fused path: weights per row go into the kernel, which returns the partial triple
     part = _fused_partial(kernels, plan, dtype, arrays, labels, params, sw, L_shape if sw is not None else batch,
                           compat)
+    if want_partial:
+        return part
     aligned = batch if sw is None else L_shape  # Keras 3 may squeeze L against a scalar weight
     if len(aligned) == 0:
         return _finish(part.weighted_sum, out_dtype)  # one value: every reduction returns it (weighted)
     if compat == "keras3" and aligned == (0,):
         return _finish(np.zeros((0,)), out_dtype)  # Keras 3 returns an empty loss unreduced
     return _finish(part.value(reduction, compat), out_dtype)
+
+
+def partial(spec, values: dict[str, Any], compat: str, sample_weight: Any = None,
+            backend: str | None = None) -> Partial:
+    """The partial triple of a class call on host arrays (streaming accumulators and Dask chunks
+    merge these; see :class:`gpuloss.partial.Partial`)."""
+    return _evaluate_host(spec, values, compat, "sum", sample_weight, True, backend, want_partial=True)
+
+
+def _rows_partial(L: np.ndarray, mask, sw, compat: str) -> Partial:
+    """The triple from materialised per-sample values (weights that broadcast L, Circle)."""
+    weighted = float(_weighted_reduce(L, mask, sw, "sum", compat))
+    count = float(L.size if mask is None else np.count_nonzero(mask))
+    if sw is None:
+        total = count
+    else:
+        total = float(np.sum(sw if mask is None else _weighted_reduce(np.ones_like(L, dtype=np.float64),
+                                                                       mask, sw, "sum", compat)))
+    return Partial(weighted, total, count, mask is not None and L.size > 0)
 
 
 def _fused_partial(kernels, plan: Plan, dtype, arrays, labels, params, sw, L_shape, compat) -> Partial:
