@@ -205,43 +205,39 @@ template <typename In> GL_D GlVec<In> gl_ld16(const In* p) {
     return r;
 }
 
-// G consecutive lanes of a warp (G a power of two <= 32) cooperate on a row
-struct GlLaneGroup {
+// The lanes that cooperate on a row: G consecutive lanes of a warp (G a power of two <= 32),
+// or, with G == 0, the whole block (sm: 32 * NF doubles of shared memory). reduce() leaves the
+// merge of all lanes' accumulators in every lane; merge is commutative, so all lanes agree.
+struct GlGroup {
     int lane_, size_;
     unsigned mask_;
-    GL_D GlLaneGroup(int G) {
-        size_ = G;
-        lane_ = threadIdx.x & (G - 1);
-        const int first = (threadIdx.x & 31) & ~(G - 1);
-        mask_ = (G == 32) ? 0xffffffffu : (((1u << G) - 1u) << first);
+    double* sm_;
+    GL_D GlGroup(int G, double* sm) : sm_(sm) {
+        if (G == 0) {
+            size_ = blockDim.x;
+            lane_ = threadIdx.x;
+            mask_ = 0xffffffffu;
+        } else {
+            size_ = G;
+            lane_ = threadIdx.x & (G - 1);
+            const int first = (threadIdx.x & 31) & ~(G - 1);
+            mask_ = (G == 32) ? 0xffffffffu : (((1u << G) - 1u) << first);
+        }
     }
     GL_D int lane() const { return lane_; }
     GL_D int size() const { return size_; }
-    // butterfly: every lane ends with the merge of all (merge is commutative, so all agree)
+    GL_D bool block() const { return size_ > 32; }
     template <class A> GL_D void reduce(A& a) const {
-        for (int off = size_ >> 1; off > 0; off >>= 1) {
+        const int width = block() ? 32 : size_;
+#pragma unroll 1
+        for (int off = width >> 1; off > 0; off >>= 1) {
             A o;
 #pragma unroll
-            for (int k = 0; k < A::NF; ++k) o.f[k] = __shfl_xor_sync(mask_, a.f[k], off, size_);
+            for (int k = 0; k < A::NF; ++k) o.f[k] = __shfl_xor_sync(mask_, a.f[k], off, width);
             A::merge(a, o);
         }
-    }
-};
-
-// the whole block cooperates on a row; sm: 32 * NF doubles of shared memory
-struct GlBlockGroup {
-    double* sm_;
-    GL_D explicit GlBlockGroup(double* sm) : sm_(sm) {}
-    GL_D int lane() const { return threadIdx.x; }
-    GL_D int size() const { return blockDim.x; }
-    template <class A> GL_D void reduce(A& a) const {
+        if (!block()) return;
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        for (int off = 16; off > 0; off >>= 1) {
-            A o;
-#pragma unroll
-            for (int k = 0; k < A::NF; ++k) o.f[k] = __shfl_xor_sync(0xffffffffu, a.f[k], off);
-            A::merge(a, o);
-        }
         if (lane == 0) {
 #pragma unroll
             for (int k = 0; k < A::NF; ++k) sm_[warp * A::NF + k] = a.f[k];
@@ -255,6 +251,7 @@ struct GlBlockGroup {
             } else {
                 A::init(b);
             }
+#pragma unroll 1
             for (int off = 16; off > 0; off >>= 1) {
                 A o;
 #pragma unroll
@@ -274,11 +271,16 @@ struct GlBlockGroup {
 };
 
 // fixed-order block sum of 4 doubles; the result is in thread 0 (sm: 128 doubles)
+GL_D void gl_warp_sum4(double v[4]) {
+#pragma unroll 1
+    for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+    }
+}
 GL_D void gl_block_sum4(double v[4], double* sm) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-        for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+    gl_warp_sum4(v);
     if (lane == 0) {
 #pragma unroll
         for (int k = 0; k < 4; ++k) sm[warp * 4 + k] = v[k];
@@ -286,10 +288,8 @@ GL_D void gl_block_sum4(double v[4], double* sm) {
     __syncthreads();
     if (warp == 0) {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            v[k] = lane < nw ? sm[lane * 4 + k] : 0.0;
-            for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
-        }
+        for (int k = 0; k < 4; ++k) v[k] = lane < nw ? sm[lane * 4 + k] : 0.0;
+        gl_warp_sum4(v);
     }
     __syncthreads();
 }
@@ -724,30 +724,22 @@ class _Gen:
             out.append(("const double*", f"P_{n}") if n in self.colp else ("double", f"P_{n}"))
         return out
 
+    _OUT = [("void*", "out"), ("int", "out_kind")]
+    _REDUCE = [("const void*", "w"), ("int", "w_kind"), ("long long", "w_step"), ("double*", "partials"),
+               ("unsigned int*", "counter"), ("double*", "result"), ("int", "mode")]
+
     def params_of(self, kind: str, In: str) -> list[tuple[str, str]]:
-        reduce_tail = [("const void*", "w"), ("int", "w_kind"), ("long long", "w_step"),
-                       ("double*", "partials"), ("unsigned int*", "counter"), ("double*", "result"),
-                       ("void*", "out"), ("int", "out_kind"), ("int", "mode")]
-        rows_tail = [("void*", "out"), ("int", "out_kind"), ("unsigned long long*", "nbad")]
-        if kind in ("rows_w", "reduce_w"):
-            head = self.common_params(In) + [("int", "G")]
-        elif kind in ("rows_b", "reduce_b"):
-            head = self.common_params(In) + [("long long", "stage_elems")]
-        elif kind in ("flat_reduce", "flat_rows"):
-            head = [(f"const {In}* __restrict__", e) for e in self.elements] + [("long long", "N")]
-            if kind == "flat_reduce":
-                head.append(("long long", "C"))
-            head += [("double", f"P_{n}") for n in self.params]
-            return head + (reduce_tail if kind == "flat_reduce" else [("void*", "out"), ("int", "out_kind")])
-        else:
-            raise ValueError(kind)
-        return head + (reduce_tail if kind.startswith("reduce") else rows_tail)
+        if kind == "rows":
+            return (self.common_params(In) + [("int", "G"), ("long long", "stage_elems")] + self._OUT
+                    + [("unsigned long long*", "nbad")] + self._REDUCE)
+        if kind == "flat":
+            return ([(f"const {In}* __restrict__", e) for e in self.elements]
+                    + [("long long", "N"), ("long long", "C")]
+                    + [("double", f"P_{n}") for n in self.params] + self._OUT + self._REDUCE)
+        raise ValueError(kind)
 
     def kinds(self) -> list[str]:
-        out = ["rows_w", "rows_b", "reduce_w", "reduce_b"]
-        if flat_ok(self.p, self.colp):
-            out += ["flat_reduce", "flat_rows"]
-        return out
+        return ["rows", "flat"] if flat_ok(self.p, self.colp) else ["rows"]
 
     def name(self, kind: str, dtype: str) -> str:
         return f"gl_{self.id}_{DTYPES[dtype][2]}_{kind}"
@@ -765,6 +757,7 @@ class _Gen:
         return L
 
     def staged(self) -> list[str]:
+        """Element arrays read by more than one sweep (staged in shared memory by block rows)."""
         reads = [self.sweep_elements(sw) for sw in self.sweeps]
         return [e for e in self.elements if sum(e in es for es in reads) > 1]
 
@@ -774,131 +767,111 @@ class _Gen:
         head = (f'extern "C" __global__ void __launch_bounds__(GL_BLOCK)\n'
                 f"{self.name(kind, dtype)}(\n    {sig})\n{{\n"
                 f"    typedef {In} In;\n    typedef {T} T;\n")
+        return head + "\n".join(self.rows_body() if kind == "rows" else self.flat_body()) + "\n}\n"
+
+    def rows_body(self) -> list[str]:
         nf = max([sw.nf for sw in self.sweeps] + [1])
-        L: list[str] = []
-        if kind in ("rows_w", "rows_b", "reduce_w", "reduce_b"):
-            L += self.fill_args()
-            if kind.endswith("_w"):
-                L += ["    const GlLaneGroup g(G);",
-                      "    const long long ngroups = ((long long)gridDim.x * blockDim.x) / G;",
-                      "    const long long first = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / G;",
-                      "    const bool leader = g.lane() == 0;"]
-            else:
-                L += [f"    __shared__ double gl_red[32 * {nf}];",
-                      "    extern __shared__ __align__(16) unsigned char gl_dyn[];",
-                      "    const GlBlockGroup g(gl_red);",
-                      "    const long long ngroups = gridDim.x;",
-                      "    const long long first = blockIdx.x;",
-                      "    const bool leader = threadIdx.x == 0;"]
-                staged = self.staged()
-                if staged:
-                    L.append("    if (stage_elems >= C) {")
-                    for i, e in enumerate(staged):
-                        L.append(f"        A.stg_{e} = reinterpret_cast<In*>(gl_dyn) + {i} * stage_elems;")
-                    L.append("    }")
-                else:
-                    L.append("    (void)stage_elems; (void)gl_dyn;")
-            if kind.startswith("rows"):
-                L += ["    unsigned long long bad = 0;",
-                      "    for (long long r = first; r < R; r += ngroups) {",
-                      "        double val;",
-                      "        const int st = gl_row<In, T>(g, A, r, val);",
-                      "        if (leader) { gl_store(out, out_kind, r, val); bad += (st == 2); }",
-                      "    }",
-                      "    if (leader && bad != 0 && nbad != nullptr) atomicAdd(nbad, bad);"]
-            else:
-                L += ["    double acc[4] = {0.0, 0.0, 0.0, 0.0};",
-                      "    for (long long r = first; r < R; r += ngroups) {",
-                      "        double val;",
-                      "        const int st = gl_row<In, T>(g, A, r, val);",
-                      "        if (leader && st != 1) {",
-                      "            const double wr = gl_value(w, w_kind, r * w_step);",
-                      "            acc[0] += wr * val; acc[1] += wr; acc[2] += 1.0; acc[3] += (st == 2);",
-                      "        }",
-                      "    }",
-                      "    gl_finish_reduce(acc, partials, counter, result, out, out_kind, mode, 1.0, 1.0);"]
+        L = self.fill_args()
+        L += [f"    __shared__ double gl_red[32 * {nf}];",
+              "    extern __shared__ __align__(16) unsigned char gl_dyn[];",
+              "    const GlGroup g(G, gl_red);",
+              "    // G lanes of a warp per row, or (G == 0) one block per row; grid-stride over rows",
+              "    const long long ngroups = G == 0 ? (long long)gridDim.x : ((long long)gridDim.x * blockDim.x) / G;",
+              "    const long long first = G == 0 ? (long long)blockIdx.x"
+              " : ((long long)blockIdx.x * blockDim.x + threadIdx.x) / G;",
+              "    const bool leader = g.lane() == 0;"]
+        staged = self.staged()
+        if staged:
+            L.append("    if (G == 0 && stage_elems >= C) {  // the row fits the dynamic shared memory")
+            for i, e in enumerate(staged):
+                L.append(f"        A.stg_{e} = reinterpret_cast<In*>(gl_dyn) + {i} * stage_elems;")
+            L.append("    }")
         else:
-            (_, st), = self.p.passes[0]
-            args = []
-            for a in st.term.args:
-                if a in ELEMENT_NAMES:
-                    args.append(f"x_{a}")
-                elif a in ("n", "label", "p_label") or a in self.stat_names:
-                    raise TypeError(f"{self.p.name}: {a!r} in a flat kernel")
-                else:
-                    args.append(f"P_{a}_T")
-            term = f"e_{st.term.name}<T>({', '.join(args)})"
-            for n in self.params:
-                L.append(f"    const T P_{n}_T = T(P_{n}); (void)P_{n}_T;")
-            L += ["    const long long nth = (long long)gridDim.x * blockDim.x;",
-                  "    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;"]
-            loads = lambda idx: "".join(f"        const T x_{e} = gl_cvt<T>(gl_ldg({e} + {idx}));\n"
-                                        for e in self.elements)
-            if kind == "flat_rows":
-                L += ["    for (long long i = tid; i < N; i += nth) {",
-                      loads("i").rstrip("\n"),
-                      f"        gl_store(out, out_kind, i, {term});",
-                      "    }"]
+            L.append("    (void)stage_elems; (void)gl_dyn;")
+        L += ["    const bool reducing = partials != nullptr;",
+              "    double acc[4] = {0.0, 0.0, 0.0, 0.0};  // Σ w·ℓ, Σ w, count, bad labels",
+              "    unsigned long long bad = 0;",
+              "    for (long long r = first; r < R; r += ngroups) {",
+              "        double val;",
+              "        const int st = gl_row<In, T>(g, A, r, val);",
+              "        if (!leader) continue;",
+              "        if (!reducing) {",
+              "            gl_store(out, out_kind, r, val);",
+              "            bad += (st == 2);",
+              "        } else if (st != 1) {",
+              "            const double wr = gl_value(w, w_kind, r * w_step);",
+              "            acc[0] += wr * val; acc[1] += wr; acc[2] += 1.0; acc[3] += (st == 2);",
+              "        }",
+              "    }",
+              "    if (reducing) gl_finish_reduce(acc, partials, counter, result, out, out_kind, mode, 1.0, 1.0);",
+              "    else if (leader && bad != 0 && nbad != nullptr) atomicAdd(nbad, bad);"]
+        return L
+
+    def flat_body(self) -> list[str]:
+        (_, st), = self.p.passes[0]
+        args = []
+        for a in st.term.args:
+            if a in ELEMENT_NAMES:
+                args.append(f"x_{a}")
+            elif a in ("n", "label", "p_label") or a in self.stat_names:
+                raise TypeError(f"{self.p.name}: {a!r} in a flat kernel")
             else:
-                align = " | ".join(f"reinterpret_cast<unsigned long long>({e})" for e in self.elements)
-                vec_loads = []
-                for u in range(4):
-                    for e in self.elements:
-                        vec_loads.append(f"            const GlVec<In> v{u}_{e} = gl_ld16({e} + (i + {u} * nth) * V);")
-                vec_body = []
-                for u in range(4):
-                    vec_body.append("#pragma unroll")
-                    vec_body.append("            for (int k = 0; k < V; ++k) {")
-                    for e in self.elements:
-                        vec_body.append(f"                const T x_{e} = gl_cvt<T>(v{u}_{e}.v[k]);")
-                    vec_body.append(f"                s += (double){term};")
-                    vec_body.append("            }")
-                one_loads = [f"            const GlVec<In> v_{e} = gl_ld16({e} + i * V);" for e in self.elements]
-                one_body = ["#pragma unroll", "            for (int k = 0; k < V; ++k) {"]
-                one_body += [f"                const T x_{e} = gl_cvt<T>(v_{e}.v[k]);" for e in self.elements]
-                one_body += [f"                s += (double){term};", "            }"]
-                L += ["    double s = 0.0, sw = 0.0, cnt = 0.0;",
-                      "    if (w != nullptr && w_step != 0) {",
-                      "        // one weight per element (rows of one element)",
-                      "        for (long long i = tid; i < N; i += nth) {",
-                      loads("i").rstrip("\n"),
-                      "            const double wi = gl_value(w, w_kind, i);",
-                      f"            s += wi * (double){term};",
-                      "            sw += wi;",
-                      "            cnt += 1.0;",
-                      "        }",
-                      "    } else {",
-                      "        const int V = GlVec<In>::W;",
-                      "        long long done = 0;",
-                      f"        if ((({align}) & 15ULL) == 0) {{",
-                      "            const long long NV = N / V;",
-                      "            long long i = tid;",
-                      "            for (; i + 3 * nth < NV; i += 4 * nth) {",
-                      *vec_loads, *vec_body,
-                      "            }",
-                      "            for (; i < NV; i += nth) {",
-                      *one_loads, *one_body,
-                      "            }",
-                      "            done = NV * V;",
-                      "        }",
-                      "        for (long long i = done + tid; i < N; i += nth) {",
-                      loads("i").rstrip("\n").replace("        const", "            const"),
-                      f"            s += (double){term};",
-                      "        }",
-                      "        // elements this thread summed",
-                      "        const long long nv = done / V;",
-                      "        const long long mine_v = nv > tid ? (nv - tid + nth - 1) / nth : 0;",
-                      "        const long long rest = N - done;",
-                      "        const long long mine_s = rest > tid ? (rest - tid + nth - 1) / nth : 0;",
-                      "        cnt = (double)(mine_v * V + mine_s);",
-                      "        const double w0 = gl_value(w, w_kind, 0);",
-                      "        s *= w0;",
-                      "        sw = w0 * cnt;",
-                      "    }",
-                      "    double acc[4] = {s, sw, cnt, 0.0};",
-                      f"    gl_finish_reduce(acc, partials, counter, result, out, out_kind, mode, "
-                      f"{'(double)C' if self.p.flat_scale == 'mean' else '1.0'}, (double)C);"]
-        return head + "\n".join(L) + "\n}\n"
+                args.append(f"P_{a}_T")
+        term = f"e_{st.term.name}<T>({', '.join(args)})"
+        L = [f"    const T P_{n}_T = T(P_{n}); (void)P_{n}_T;" for n in self.params]
+
+        def loads(idx: str, ind: str) -> list[str]:
+            return [f"{ind}const T x_{e} = gl_cvt<T>(gl_ldg({e} + {idx}));" for e in self.elements]
+
+        align = " | ".join(f"reinterpret_cast<unsigned long long>({e})" for e in self.elements)
+        div_l = "(double)C" if self.p.flat_scale == "mean" else "1.0"
+        L += ["    const long long nth = (long long)gridDim.x * blockDim.x;",
+              "    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+              "    const bool storing = partials == nullptr;  // per-element values (rows of one element)",
+              "    const bool per_elem = w != nullptr && w_step != 0;  // one weight per element (C == 1)",
+              "    double s = 0.0, sw = 0.0;",
+              "    const int V = GlVec<In>::W;",
+              "    long long done = 0;",
+              f"    if (!storing && !per_elem && (({align}) & 15ULL) == 0) {{",
+              "        // 16-byte vector loads",
+              "        const long long NV = N / V;",
+              "        for (long long i = tid; i < NV; i += nth) {",
+              *[f"            const GlVec<In> v_{e} = gl_ld16({e} + i * V);" for e in self.elements],
+              "#pragma unroll",
+              "            for (int k = 0; k < V; ++k) {",
+              *[f"                const T x_{e} = gl_cvt<T>(v_{e}.v[k]);" for e in self.elements],
+              f"                s += (double){term};",
+              "            }",
+              "        }",
+              "        done = NV * V;",
+              "    }",
+              "    for (long long i = done + tid; i < N; i += nth) {",
+              *loads("i", "        "),
+              f"        const T v = {term};",
+              "        if (storing) {",
+              "            gl_store(out, out_kind, i, v);",
+              "        } else if (per_elem) {",
+              "            const double wi = gl_value(w, w_kind, i);",
+              "            s += wi * (double)v;",
+              "            sw += wi;",
+              "        } else {",
+              "            s += (double)v;",
+              "        }",
+              "    }",
+              "    if (storing) return;",
+              "    // elements this thread summed",
+              "    const long long nv = done / V, rest = N - done;",
+              "    const long long mine_v = nv > tid ? (nv - tid + nth - 1) / nth : 0;",
+              "    const long long mine_s = rest > tid ? (rest - tid + nth - 1) / nth : 0;",
+              "    const double cnt = (double)(mine_v * V + mine_s);",
+              "    if (!per_elem) {",
+              "        const double w0 = gl_value(w, w_kind, 0);",
+              "        s *= w0;",
+              "        sw = w0 * cnt;",
+              "    }",
+              "    double acc[4] = {s, sw, cnt, 0.0};",
+              f"    gl_finish_reduce(acc, partials, counter, result, out, out_kind, mode, {div_l}, (double)C);"]
+        return L
 
     def kernel_code(self, dtypes) -> str:
         return "\n".join(self.kernel(k, d) for d in dtypes for k in self.kinds())

@@ -1,0 +1,111 @@
+"""The machine's streaming-read ceiling over the bytes a loss reads.
+
+:func:`reader` returns a thunk that reads every byte of a case's inputs once with a Numba
+``prange`` kernel that does nothing but add the words up (32-bit integer adds, which LLVM
+vectorises without any fast-math licence): no loss can read its inputs faster on this machine
+with this threading runtime, so ``t_read / t_loss`` is the loss's fraction of the machine's
+limit. Inputs of equal length are read in one loop, as the loss kernels read them (two or
+three streams at once); others (the int64 labels of the sparse losses) in turn. As in
+gpuloss, inputs under ``SERIAL_BELOW`` elements are read by the serial twin, so at small
+sizes the baseline also shows the cost of a Numba call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["reader", "BLOCK", "read_gbps"]
+
+BLOCK = 1 << 14
+SERIAL_BELOW = 1 << 15  # the same switch as gpuloss.kernels.numba.SERIAL_BELOW
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    """The bytes of a contiguous array as uint32 words (a view, no copy)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if flat.nbytes % 4:
+        raise ValueError("bandwidth baseline needs arrays of whole 32-bit words")
+    return flat.view(np.uint32)
+
+
+def _make(parallel: bool):
+    rng = prange if parallel else range
+
+    @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
+    def read1(a):
+        n = a.shape[0]
+        nb = (n + BLOCK - 1) // BLOCK
+        acc = np.zeros(nb, dtype=np.uint32)
+        for b in rng(nb):
+            va = a[b * BLOCK:min(n, (b + 1) * BLOCK)]
+            s = np.uint32(0)
+            for j in range(va.shape[0]):
+                s += va[j]
+            acc[b] = s
+        return acc.sum()
+
+    @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
+    def read2(a, c):
+        n = a.shape[0]
+        nb = (n + BLOCK - 1) // BLOCK
+        acc = np.zeros(nb, dtype=np.uint32)
+        for b in rng(nb):
+            lo = b * BLOCK
+            hi = min(n, lo + BLOCK)
+            va = a[lo:hi]
+            vc = c[lo:hi]
+            s = np.uint32(0)
+            for j in range(va.shape[0]):
+                s += va[j] + vc[j]
+            acc[b] = s
+        return acc.sum()
+
+    @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
+    def read3(a, c, d):
+        n = a.shape[0]
+        nb = (n + BLOCK - 1) // BLOCK
+        acc = np.zeros(nb, dtype=np.uint32)
+        for b in rng(nb):
+            lo = b * BLOCK
+            hi = min(n, lo + BLOCK)
+            va = a[lo:hi]
+            vc = c[lo:hi]
+            vd = d[lo:hi]
+            s = np.uint32(0)
+            for j in range(va.shape[0]):
+                s += va[j] + vc[j] + vd[j]
+            acc[b] = s
+        return acc.sum()
+
+    return {1: read1, 2: read2, 3: read3}
+
+
+# defined at module level in a file, so Numba's cache loads them in later processes
+_PAR = _make(True)
+_SER = _make(False)
+
+
+def reader(inputs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
+    """A thunk reading all of ``inputs`` once (compiled on first call)."""
+    words = [_words(a) for a in inputs]
+    groups: dict[int, list[np.ndarray]] = {}
+    for w in words:
+        groups.setdefault(w.shape[0], []).append(w)
+    calls = []
+    for n, ws in groups.items():
+        table = _SER if n < SERIAL_BELOW else _PAR
+        while ws:
+            k = min(3, len(ws))
+            calls.append((table[k], tuple(ws[:k])))
+            ws = ws[k:]
+    if len(calls) == 1:
+        fn, args = calls[0]
+        return lambda: fn(*args)
+    return lambda: [fn(*args) for fn, args in calls]
+
+
+def read_gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
