@@ -215,7 +215,7 @@ class ExprEmitter:
 
     def _Call(self, node: ast.Call) -> str:
         if not isinstance(node.func, ast.Name):
-            raise self.fail(node, "only calls of vocabulary words and other terms by name")
+            raise self.fail(node.func, "only calls of vocabulary words and other terms by name")
         fname = node.func.id
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             raise self.fail(node, "*args/**kwargs in a call")

@@ -17,11 +17,33 @@ from pathlib import Path
 from types import ModuleType
 from typing import Mapping
 
-import numba
-import numpy as np
 
-from ...program import RowProgram
-from . import codegen
+def _prefer_512_bit_vectors() -> None:
+    """On AVX-512 CPUs that LLVM tunes for 256-bit vectors (Intel Xeon server parts), let
+    the loop vectoriser use 512-bit ones. Measured on a 2-core Emerald Rapids, 1e7 float32:
+    BCE-with-logits 12.1 → 7.3 ms, MSE unchanged (memory-bound). Only possible before Numba
+    is imported (it reads NUMBA_CPU_FEATURES once); skipped if the user set that variable, or
+    set GPULOSS_PREFER_512_BIT=0."""
+    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_FEATURES") \
+            or os.environ.get("GPULOSS_PREFER_512_BIT", "1") == "0":
+        return
+    try:
+        import llvmlite.binding as llvm
+
+        features = llvm.get_host_cpu_features()
+    except Exception:  # no llvmlite host query: keep Numba's defaults
+        return
+    if features.get("avx512f"):  # "prefer-256-bit" is implied by the CPU model, not reported
+        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+
+
+_prefer_512_bit_vectors()
+
+import numba  # noqa: E402  (after the CPU feature choice above)
+import numpy as np  # noqa: E402
+
+from ...program import RowProgram  # noqa: E402
+from . import codegen  # noqa: E402
 
 __all__ = ["cache_dir", "kernel_module", "rows", "reduce", "SERIAL_BELOW"]
 

@@ -18,7 +18,7 @@ REDUCE_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 def sum64(buf, n):
     s = 0.0
     for i in range(n):
-        s += buf[i]
+        s += np.float64(buf[i])
     return s
 
 
@@ -28,6 +28,6 @@ def max64(buf, n):
     # carries the NaN into the result
     m = -np.inf
     for i in range(n):
-        v = buf[i]
+        v = np.float64(buf[i])
         m = v if v > m else m
     return m
