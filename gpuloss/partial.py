@@ -16,8 +16,8 @@ __all__ = ["Partial"]
 class Partial:
     """Σ w·ℓ, the "mean_with_sample_weight" divisor Σ w, and the element count.
 
-    ``masked`` records that a mask (``ignore_class``) took part: an all-masked mean is NaN in
-    Keras 2 and 0 in Keras 3.
+    ``masked`` records that a mask (``ignore_class``) took part in a non-empty batch: an
+    all-masked mean is NaN in Keras 2 and 0 in Keras 3.
     """
 
     weighted_sum: float = 0.0
@@ -39,11 +39,7 @@ class Partial:
             return self.weighted_sum / self.weight_sum if self.weight_sum else 0.0
         if reduction in ("auto", "sum_over_batch_size", "mean"):
             if self.count == 0:
-                return math.nan if (compat == "keras2" and self.masked and self.weighted_sum == 0.0
-                                    and self._any_rows) else 0.0
+                # every element masked out: Keras 2 divides 0 by 0, Keras 3 divides "no NaN"
+                return math.nan if (compat == "keras2" and self.masked) else 0.0
             return self.weighted_sum / self.count
         raise ValueError(f"reduction {reduction!r} has no scalar result")
-
-    @property
-    def _any_rows(self) -> bool:
-        return self.masked
