@@ -40,6 +40,14 @@ def _prefer_512_bit_vectors() -> None:
 _prefer_512_bit_vectors()
 
 import numba  # noqa: E402  (after the CPU feature choice above)
+import warnings  # noqa: E402
+
+from numba.core.errors import NumbaIRAssumptionWarning  # noqa: E402
+
+# Numba's SSA pass warns about the branches of inlined vocabulary overloads ("variable ... is
+# not in scope"); the generated code is correct, and the warning would reach every user on the
+# first call of each kernel. Only that category, only from that pass.
+warnings.filterwarnings("ignore", category=NumbaIRAssumptionWarning, module=r"numba\.core\.ssa")
 import numpy as np  # noqa: E402
 
 from ...program import RowProgram  # noqa: E402
