@@ -12,23 +12,24 @@ The source has three layers:
    group cooperating (a group is a few lanes of a warp, or a whole block).
 3. :func:`kernel_code` — per dtype, the ``extern "C" __global__`` kernels:
 
-   ``rows_w`` / ``reduce_w``  rows shared out to groups of G lanes of a warp (G = 1..32, a
-                              power of two, runtime), grid-stride over rows
-   ``rows_b`` / ``reduce_b``  one block (``GL_BLOCK`` threads) per row, grid-stride over rows;
-                              a row that fits the dynamic shared memory is staged there in its
-                              first sweep and later sweeps read it back from there
-   ``flat_reduce``            single-Sum elementwise programs on contiguous inputs: one flat
-                              grid-stride sweep over all R·C elements, 16-byte vector loads when
-                              aligned, four vectors in flight per thread
-   ``flat_rows``              the same term per element, for rows of one element ("none")
+   ``rows``  every program. Rows are shared out to groups of G lanes of a warp (G = 1..32, a
+             power of two) or, with G = 0, one block (``GL_BLOCK`` threads) per row; groups
+             stride over the rows of the grid. A block row read by more than one sweep is
+             staged in dynamic shared memory in its first sweep when it fits (``stage_elems``),
+             and later sweeps read it from there.
+   ``flat``  single-Sum elementwise programs on contiguous inputs: one flat grid-stride sweep
+             over all R·C elements with vector loads when aligned (16 bytes of float/double,
+             8 bytes of 16-bit types); or one value per element for rows of one element.
 
-   ``rows_*`` write per-row values (reduction "none", as ``out_kind``) and count bad labels;
-   ``reduce_*``/``flat_reduce`` write per-block partials (Σ w·ℓ, Σ w, count, bad labels) in
-   float64, and the last block to finish (``__threadfence`` + an integer ``atomicAdd`` on a
-   counter, no float atomics) adds the partials up in a fixed order, writes the reduced value
-   (``mode``: 0 sum, 1 sum_over_batch_size, 2 mean_with_sample_weight) to a 0-d output and the
-   totals to ``result[5]`` = (value, Σ w·ℓ, Σ w, count, bad), and resets the counter. One
-   launch per call, the same bits on every run for the same grid and block sizes.
+   One kernel serves reduction "none" and the reduced calls (a runtime switch, so the row code
+   is compiled once per dtype, not twice: compiling is what the tests spend their time on).
+   Without ``partials`` a kernel writes per-row values (as ``out_kind``) and counts bad labels
+   in ``nbad``. With ``partials`` each block writes its partials (Σ w·ℓ, Σ w, count, bad
+   labels) in float64, and the last block to finish (``__threadfence`` + an integer
+   ``atomicAdd`` on a counter, no float atomics) adds them up in block order, writes the
+   reduced value (``mode``: 0 sum, 1 sum_over_batch_size, 2 mean_with_sample_weight) to the
+   0-d ``out`` and the totals to ``result[5]`` = (value, Σ w·ℓ, Σ w, count, bad), and resets
+   the counter. One launch per call, the same bits on every run for the same grid.
 
 Sweeps: the passes of a program are regrouped into sweeps over the row (:func:`plan_sweeps`).
 A statistic that reads no earlier statistic moves to the first sweep. A Sum that reads only a
@@ -46,10 +47,13 @@ running max in place of ``m``: the same translated function the final max would 
 the scaling differs (float rounding of the element terms, as in the two-pass form). Rows whose
 elements are all -inf keep the two-pass values (NaN), and -inf elements before the first finite
 one contribute exactly what they would against the final max. CCE/CFCE from probabilities
-(Σp, then terms of p/Σp) need a second sweep by their definition; it reads the row from
-shared memory in the block kernels when the row fits, else from L1/L2 (a row that the same
-group read a moment before; rows long enough to fall out of L2 between the sweeps, ~ > 64k
-float32 per row with every SM busy, are re-read from memory).
+(Σp, then terms of p/Σp) need a second sweep by their definition (clip(p/Σp) does not
+decompose). Rows of up to 1024 elements belong to lanes of one warp, which re-read them a
+moment later from L1/L2. Longer rows get a block each, staged in shared memory in the first
+sweep when they fit the dynamic shared memory the launcher gives (48 KiB by default: 12k
+float32; up to 227 KiB with the opt-in attribute on an H100). Still longer rows are re-read
+from L2, or from memory: about a thousand block rows are in flight with every SM busy, so
+rows beyond ~12k float32 can fall out of an H100's 50 MB L2 between the two sweeps.
 
 Max statistics propagate NaN (as ``maximum`` and tf.reduce_max).
 
@@ -70,7 +74,8 @@ from ...program import ELEMENT_NAMES, RowProgram, Term
 from . import translate as tr
 
 __all__ = ["HEADER", "DTYPES", "KINDS", "GL_BLOCK", "plan_sweeps", "row_code", "kernel_code",
-           "program_source", "kernel_names", "kernel_params", "describe", "flat_ok", "Sweep"]
+           "program_body", "program_source", "kernel_names", "kernel_params", "describe", "flat_ok",
+           "Sweep"]
 
 #: Threads per block of every kernel (``__launch_bounds__``); a multiple of 32.
 GL_BLOCK = 256
@@ -193,15 +198,23 @@ GL_D void gl_store(void* out, int kind, long long i, float v) {
 }
 
 #if defined(__CUDACC__)
-// 16 bytes of elements (4 float, 2 double, 8 half/bfloat16)
+// a vector of elements: 16 bytes of float/double (4 or 2), 8 bytes of half/bfloat16 (4), so a
+// flat kernel inlines its term at most 4 times per vector (16-byte vectors of 16-bit types
+// doubled the kernels' compile time)
 template <typename In> struct GlVec {
-    static const int W = 16 / sizeof(In);
+    static const int B = sizeof(In) == 2 ? 8 : 16;
+    static const int W = B / sizeof(In);
     In v[W];
 };
-template <typename In> GL_D GlVec<In> gl_ld16(const In* p) {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+template <typename In> GL_D GlVec<In> gl_ldv(const In* p) {
     GlVec<In> r;
-    memcpy(&r, &u, 16);
+    if (GlVec<In>::B == 16) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+        memcpy(&r, &u, 16);
+    } else {
+        const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+        memcpy(&r, &u, 8);
+    }
     return r;
 }
 
@@ -832,11 +845,11 @@ class _Gen:
               "    double s = 0.0, sw = 0.0;",
               "    const int V = GlVec<In>::W;",
               "    long long done = 0;",
-              f"    if (!storing && !per_elem && (({align}) & 15ULL) == 0) {{",
-              "        // 16-byte vector loads",
+              f"    if (!storing && !per_elem && (({align}) % GlVec<In>::B) == 0) {{",
+              "        // vector loads (GlVec)",
               "        const long long NV = N / V;",
               "        for (long long i = tid; i < NV; i += nth) {",
-              *[f"            const GlVec<In> v_{e} = gl_ld16({e} + i * V);" for e in self.elements],
+              *[f"            const GlVec<In> v_{e} = gl_ldv({e} + i * V);" for e in self.elements],
               "#pragma unroll",
               "            for (int k = 0; k < V; ++k) {",
               *[f"                const T x_{e} = gl_cvt<T>(v_{e}.v[k]);" for e in self.elements],

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-from typing import Callable
 
 from ...program import Term
 from ...vocab import VOCABULARY
