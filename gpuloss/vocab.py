@@ -97,14 +97,19 @@ def clip(x: float, lo: float, hi: float) -> float:
 
 
 def power(x: float, y: float) -> float:
-    """x**y for x >= 0 (0**0 = 1, 0**y = 0 for y > 0); NaN for x < 0 with fractional y."""
-    if x != x or y != y:
+    """x**y with C ``pow`` semantics (TensorFlow's): x**0 = 1 and 1**y = 1 even for NaN;
+    a negative x gives a real result for integer y ((-0.5)**2 = 0.25: Keras's focal factor
+    meets it for predictions outside [0, 1]) and NaN for fractional y; 0**y is 0 for y > 0,
+    inf for y < 0."""
+    odd = y == math.floor(y) and y % 2 == 1
+    try:
+        return math.pow(x, y)  # C pow's special cases; errors where C returns NaN or inf
+    except ValueError:
+        if x == 0:  # pole: 0**negative
+            return -math.inf if (math.copysign(1, x) < 0 and odd) else math.inf
         return math.nan
-    if x == 0:
-        return 1.0 if y == 0 else (0.0 if y > 0 else math.inf)
-    if x < 0:
-        return math.nan
-    return exp(y * log(x))
+    except OverflowError:
+        return -math.inf if (x < 0 and odd) else math.inf
 
 
 def sigmoid(x: float) -> float:

@@ -485,14 +485,6 @@ template <typename T> GL_D T gl_softplus(T x) { return gl_maximum(x, T(0)) + gl_
 // Python/Numba `x ** y` on floats: C pow
 GL_D float gl_pow(float x, float y) { return powf(x, y); }
 GL_D double gl_pow(double x, double y) { return pow(x, y); }
-// vocab.power: NaN in -> NaN; 0**0 = 1, 0**y = 0 (y > 0), inf (y < 0); NaN for x < 0;
-// otherwise exp(y*log(x)) (computed by pow, more exactly), NaN where y*log(x) is NaN
-template <typename T> GL_D T gl_power(T x, T y) {
-    if (x != x || y != y) return GlNum<T>::nan();
-    if (x == T(0)) return y == T(0) ? T(1) : (y > T(0) ? T(0) : GlNum<T>::inf());
-    if (x < T(0)) return GlNum<T>::nan();
-    if ((x == GlNum<T>::inf() && y == T(0)) || (x == T(1) && (y == GlNum<T>::inf() || y == -GlNum<T>::inf())))
-        return GlNum<T>::nan();
-    return gl_pow(x, y);
-}
+// vocab.power: C pow semantics (x**0 = 1, 1**y = 1, real results for negative x and integer y)
+template <typename T> GL_D T gl_power(T x, T y) { return gl_pow(x, y); }
 """

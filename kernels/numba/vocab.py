@@ -97,11 +97,15 @@ def _clip(x, lo, hi):
 def _power(x, y):
     if _is32(x):
         def impl32(x, y):
-            # x**y = exp(y*log(x)) for x > 0; 0**y is 0 (y > 0), 1 (y == 0), inf (y < 0)
-            r = _f32.exp32(y * _f32.log32(x))
-            zero_case = np.float32(1.0) if y == 0 else (np.float32(0.0) if y > 0 else np.float32(np.inf))
-            r = zero_case if x == 0 else r
-            return np.float32(1.0) if y == 0 else r
+            # C pow semantics (see gpuloss.vocab.power) with the vectorisable exp/log:
+            # |x|**y = exp(y*log|x|), negated for a negative x and odd integer y
+            r = _f32.exp32(y * _f32.log32(abs(x)))
+            integer = y == np.floor(y)
+            odd = integer and abs(y) < np.float32(16777216.0) and np.int64(y) % 2 != 0
+            r = -r if (x < 0 and odd) else r
+            r = np.float32(np.nan) if (x < 0 and not integer) else r
+            r = (np.float32(0.0) if y > 0 else np.float32(np.inf)) if x == 0 else r
+            return np.float32(1.0) if (y == 0 or x == 1) else r
         return impl32
     return lambda x, y: x ** y
 
