@@ -94,3 +94,4 @@ from . import registry  # noqa: E402,F401  (gpuloss.registry.LOSSES drives tests
 __all__ = sorted(list(_exports) + ["Loss", "LossFunctionWrapper", "Reduction", "get", "serialize",
                                    "deserialize", "epsilon", "set_epsilon", "registry", "LOSSES"])
 del _spec, _alias
+from .streaming import LossAccumulator; __all__ = sorted(__all__ + ["LossAccumulator"])  # noqa: E402,E702

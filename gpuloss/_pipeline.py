@@ -56,13 +56,13 @@ def as_array(x: Any, what: str) -> np.ndarray:
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not isinstance(x, np.ndarray) and not isinstance(x, np.generic) and a.dtype == np.float64:
         a = a.astype(np.float32)
+    if a.dtype.name == "bfloat16":  # ml_dtypes' NumPy bfloat16 (kind 'V')
+        a = a.astype(np.float32)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{what} must be numeric, got an array of dtype {a.dtype}")
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype.kind == "f" and a.dtype.itemsize < 4:
-        a = a.astype(np.float32)
-    elif a.dtype.kind == "V" or a.dtype.name == "bfloat16":
         a = a.astype(np.float32)
     return a
 
@@ -230,7 +230,10 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     """
     from . import _interop
 
-    kind = _interop.classify([values[n] for n in spec.inputs] + [sample_weight])
+    kind = _interop.classify([values[n] for n in spec.inputs] + [sample_weight],
+                             names=list(spec.inputs) + ["sample_weight"])
+    if kind == "device":
+        return _interop.evaluate_device(spec, values, compat, reduction, sample_weight, is_class_call, backend)
     if kind == "dask":
         from . import _dask
 
