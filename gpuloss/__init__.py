@@ -90,8 +90,8 @@ def get(identifier: Any):
 
 
 from . import registry  # noqa: E402,F401  (gpuloss.registry.LOSSES drives tests and benchmarks)
+from .streaming import LossAccumulator  # noqa: E402
 
-__all__ = sorted(list(_exports) + ["Loss", "LossFunctionWrapper", "Reduction", "get", "serialize",
-                                   "deserialize", "epsilon", "set_epsilon", "registry", "LOSSES"])
+__all__ = sorted(list(_exports) + ["Loss", "LossFunctionWrapper", "LossAccumulator", "Reduction", "get",
+                                   "serialize", "deserialize", "epsilon", "set_epsilon", "registry", "LOSSES"])
 del _spec, _alias
-from .streaming import LossAccumulator; __all__ = sorted(__all__ + ["LossAccumulator"])  # noqa: E402,E702
