@@ -7,7 +7,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from . import _pipeline
+from . import _backend, _pipeline
 from .registry import LossSpec
 
 __all__ = ["Loss", "LossFunctionWrapper", "Reduction", "make_function", "make_class"]
@@ -101,14 +101,16 @@ def make_function(spec: LossSpec) -> Callable[..., Any]:
     sig = inspect.signature(body)
 
     @functools.wraps(body)
-    def fn(*args: Any, **kwargs: Any):
+    def fn(*args: Any, backend: str | None = None, **kwargs: Any):
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
         compat = _pipeline.check_compat(values.pop("compat"))
-        return _pipeline.evaluate(spec, values, compat)
+        return _pipeline.evaluate(spec, values, compat, backend=backend)
 
-    fn.__signature__ = sig  # type: ignore[attr-defined]
+    # the definition's signature plus ``backend`` ("numba", "cupy"; default: where the inputs live)
+    fn.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [  # type: ignore[attr-defined]
+        inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)])
     fn.spec = spec  # type: ignore[attr-defined]
     return fn
 
@@ -125,6 +127,7 @@ def make_class(spec: LossSpec) -> type:
             default = spec.defaults[name]
         params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
     params.append(inspect.Parameter("compat", inspect.Parameter.KEYWORD_ONLY, default=spec.default_compat))
+    params.append(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None))
     init_sig = inspect.Signature(params)
     option_names = [n for n in spec.class_params if n not in ("reduction", "name")]
 
@@ -138,6 +141,7 @@ def make_class(spec: LossSpec) -> type:
         options = {n: a[n] for n in option_names}
         LossFunctionWrapper.__init__(self, spec.function, reduction=a["reduction"], name=a["name"],
                                      compat=a["compat"], **options)
+        self.backend = _backend.resolve_backend(a["backend"]) if a["backend"] else None
         # build one plan now so bad parameters fail at construction, as Keras does
         _validate_options(spec, options, self.compat)
 
@@ -149,7 +153,7 @@ def make_class(spec: LossSpec) -> type:
         values = dict(zip(spec.inputs, args))
         values.update(self._fn_kwargs)
         return _pipeline.evaluate(spec, values, self.compat, reduction=_effective(self.reduction),
-                                  sample_weight=sample_weight, is_class_call=True)
+                                  sample_weight=sample_weight, is_class_call=True, backend=self.backend)
 
     __init__.__signature__ = init_sig  # type: ignore[attr-defined]
     call_params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]

@@ -232,6 +232,8 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
 
     kind = _interop.classify([values[n] for n in spec.inputs] + [sample_weight],
                              names=list(spec.inputs) + ["sample_weight"])
+    if kind == "host" and _backend.resolve_backend(backend) == "cupy":
+        return _on_gpu_from_host(spec, values, compat, reduction, sample_weight, is_class_call)
     if kind == "device":
         return _interop.evaluate_device(spec, values, compat, reduction, sample_weight, is_class_call, backend)
     if kind == "dask":
@@ -243,9 +245,17 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     return wrap(result, is_class_call and reduction not in ("none", None))
 
 
+def _on_gpu_from_host(spec, values, compat, reduction, sample_weight, is_class_call):
+    """backend="cupy" on host arrays: copy them to the current GPU, compute there, copy back."""
+    import cupy
+
+    dev = {k: cupy.asarray(as_array(v, k)) if k in spec.inputs else v for k, v in values.items()}
+    sw = None if sample_weight is None else cupy.asarray(as_array(sample_weight, "sample_weight"))
+    return cupy.asnumpy(_backend.gpu_evaluate(spec, dev, compat, reduction, sw, is_class_call))
+
+
 def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sample_weight: Any,
                    is_class_call: bool, backend: str | None, want_partial: bool = False):
-    _backend.resolve_backend(backend)
     raw = [values[n] for n in spec.inputs]
     inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
     # Keras 3 casts to its loss dtype in Loss.__call__; its functions keep the input dtype
