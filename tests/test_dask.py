@@ -218,17 +218,8 @@ def test_unknown_chunk_sizes_raise(client):
         gpuloss.MeanSquaredError()(unknown, _dask(p))
 
 
-def test_cupy_chunks(client):
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no GPU")
-    except Exception:
-        pytest.skip("no GPU")
-    from gpuloss import _backend
-
-    if not hasattr(_backend, "gpu_evaluate"):
-        pytest.skip("GPU backend not available")
+def test_cupy_chunks(client, cupy_gpu):
+    cupy = cupy_gpu
     y, p, _, _ = _data(np.float32)
     got = gpuloss.MeanSquaredError()(_dask(y).map_blocks(cupy.asarray), _dask(p).map_blocks(cupy.asarray))
     _compare(cupy.asnumpy(got.compute(scheduler="sync")), gpuloss.MeanSquaredError()(y, p))

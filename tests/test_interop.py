@@ -319,17 +319,8 @@ def test_result_kind_follows_y_pred(torch, pd):
 # ---- device kinds on a real GPU (skipped without one) -------------------------------------------
 
 @pytest.fixture(scope="module")
-def cupy():
-    cp = pytest.importorskip("cupy")
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception:
-        n = 0
-    if n == 0:
-        pytest.skip("no GPU")
-    if not hasattr(_backend, "gpu_evaluate"):
-        pytest.skip("GPU backend not available")
-    return cp
+def cupy(cupy_gpu):
+    return cupy_gpu
 
 
 @pytest.mark.parametrize("reduction", ["auto", "sum", "none"])

@@ -223,15 +223,8 @@ def test_device_batches_need_the_gpu_backend(monkeypatch):
         LossAccumulator(gpuloss.MeanSquaredError()).update(np.ones((4, 3)), FakeCAI())
 
 
-def test_device_accumulation_on_a_gpu():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no GPU")
-    except Exception:
-        pytest.skip("no GPU")
-    if not hasattr(_backend, "gpu_partial"):
-        pytest.skip("GPU backend not available")
+def test_device_accumulation_on_a_gpu(cupy_gpu):
+    cupy = cupy_gpu
     cls, kwargs, (labels, p) = _inputs("scce_ignore", np.float32)
     acc = LossAccumulator(cls(**kwargs))
     for lb, pb in _batches(labels, p):
