@@ -143,3 +143,14 @@ def test_reduced_call_allocates_no_input_sized_temporary(make, order):
         tracemalloc.stop()
     # a fixed ~0.2 MB of Python objects and block partials, whatever the size
     assert peak <= 0.01 * (p.nbytes + y.nbytes), f"peak extra memory {peak} bytes"
+
+
+def test_terms_outside_the_vocabulary_are_rejected():
+    from gpuloss.program import elementwise, term
+
+    @term
+    def uses_numpy(t, p):
+        return np.tanh(p - t)
+
+    with pytest.raises(TypeError, match="not in the vocabulary"):
+        codegen.module_source(elementwise(uses_numpy), "float32")

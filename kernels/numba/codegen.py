@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ast
 
-from ...program import ELEMENT_NAMES, RowProgram, Term
+from ...program import ELEMENT_NAMES, RowProgram, Term, check_term
 
 #: Elements per block. 2**13 float32 pairs = 64 KiB, well inside L2; at 1e8 elements that is
 #: 12k partials (a few µs to combine).
@@ -406,4 +406,6 @@ class _Gen:
 
 def module_source(program: RowProgram, dtype: str, column_params: tuple[str, ...] = ()) -> str:
     """The kernels of ``program`` for compute dtype ``dtype`` ("float32" or "float64")."""
+    for t in program.terms:
+        check_term(t)  # the CPU backend accepts only what every backend can translate
     return _Gen(program, dtype, column_params).module()
