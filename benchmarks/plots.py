@@ -102,7 +102,7 @@ def plot_bandwidth_fraction(data: dict, path: Path, size: int = 10_000_000) -> P
     ax.set_xlim(0, max(1.05, max(vals) + 0.15))
     read = rows[0]["derived"]["read_gbps"]
     ax.set_title(f"Fraction of the streaming-read ceiling at {size:.0e} elements "
-                 f"(ceiling ≈ {read:.0f} GB/s; blue simple, red log/exp, grey other)\n{_title(data)}",
+                 f"(read ceiling ≈ {read:.0f} GB/s)\nblue: simple losses, red: log/exp, grey: other — {_title(data)}",
                  fontsize=9)
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()

@@ -1,0 +1,49 @@
+"""Smoke test of the benchmark runner (CI runs this, not the full benchmark): tiny sizes, seconds.
+
+    python -m pytest benchmarks/test_runner_smoke.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.cases import make_inputs, registry_cases
+from benchmarks.formulas import NUMPY_FORMULAS
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    from benchmarks.run import main
+
+    assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    md = (tmp_path / "results.md").read_text()
+    assert data["meta"]["machine"]["cores"] >= 1 and data["meta"]["versions"]["gpuloss"]
+    rows = data["results"]
+    assert rows and all("gpuloss" in r["timings"] and r["timings"]["gpuloss"]["median_s"] > 0 for r in rows)
+    assert all("numpy" in r["timings"] for r in rows), [r["mismatches"] for r in rows]
+    assert any("memory" in r for r in rows)
+    assert "startup" in data and data["startup"]["import_s"] > 0
+    assert "# gpuloss benchmark results" in md and "| mean_squared_error |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "throughput.png").stat().st_size > 0
+
+
+def test_every_registered_loss_has_a_case_and_a_formula():
+    cases = registry_cases()
+    assert not [c.name for c in cases if c.note.startswith("no case")], "add the loss to benchmarks/cases.py"
+    assert not [c.name for c in cases if c.name not in NUMPY_FORMULAS], "add its formula to benchmarks/formulas.py"
+
+
+@pytest.mark.parametrize("case", registry_cases(), ids=lambda c: c.name)
+def test_numpy_formula_matches_gpuloss(case):
+    from gpuloss.registry import LOSSES
+
+    inputs = make_inputs(case, 2000, seed=1)
+    want = float(LOSSES[case.fn_name].cls(**case.kwargs)(*inputs))
+    got = float(NUMPY_FORMULAS[case.name](*inputs))
+    assert got == pytest.approx(want, rel=2e-3, abs=1e-5)
