@@ -100,11 +100,20 @@ def make_function(spec: LossSpec) -> Callable[..., Any]:
     body = spec.body
     sig = inspect.signature(body)
 
+    n_inputs = len(spec.inputs)
+    defaults = {k: p.default for k, p in sig.parameters.items() if k not in spec.inputs}
+    positional_only_inputs = all(p.default is inspect.Parameter.empty for k, p in sig.parameters.items()
+                                 if k in spec.inputs)
+
     @functools.wraps(body)
     def fn(*args: Any, backend: str | None = None, **kwargs: Any):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
+        if positional_only_inputs and not kwargs and len(args) == n_inputs:
+            values = dict(zip(spec.inputs, args))  # the common call: Signature.bind costs ~4 µs
+            values.update(defaults)
+        else:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
         compat = _pipeline.check_compat(values.pop("compat"))
         return _pipeline.evaluate(spec, values, compat, backend=backend)
 

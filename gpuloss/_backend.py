@@ -22,10 +22,16 @@ def resolve_backend(backend: str | None, default: str = "numba") -> str:
     return choice
 
 
-def numba_kernels():
-    from .kernels import numba as kernels  # imports numba: first call only
+_NUMBA_KERNELS: list = []
 
-    return kernels
+
+def numba_kernels():
+    """The CPU kernel package (imports Numba on the first call only)."""
+    if not _NUMBA_KERNELS:
+        from .kernels import numba as kernels
+
+        _NUMBA_KERNELS.append(kernels)
+    return _NUMBA_KERNELS[0]
 
 
 def all_zero_or_one(arr: Any) -> bool:

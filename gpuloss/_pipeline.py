@@ -8,7 +8,9 @@ decides *which* rows, and how the per-row values become the result.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -50,13 +52,19 @@ def check_compat(compat: Any) -> str:
 
 # ---- inputs and dtypes [§6] ------------------------------------------------------------------
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_NATIVE_FLOATS = frozenset({_F32, _F64})
+
+
 def as_array(x: Any, what: str) -> np.ndarray:
     """A native-endian numeric NumPy view of ``x`` (lists and Python floats become float32,
     as TensorFlow converts them; float16 and bfloat16 are widened to float32)."""
+    if type(x) is np.ndarray and x.dtype in _NATIVE_FLOATS:
+        return x  # the common call; the checks below cost ~2 µs an input (dtype.name is Python code)
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not isinstance(x, np.ndarray) and not isinstance(x, np.generic) and a.dtype == np.float64:
         a = a.astype(np.float32)
-    if a.dtype.name == "bfloat16":  # ml_dtypes' NumPy bfloat16 (kind 'V')
+    if a.dtype.kind == "V" and a.dtype.name == "bfloat16":  # ml_dtypes' NumPy bfloat16
         a = a.astype(np.float32)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{what} must be numeric, got an array of dtype {a.dtype}")
@@ -72,7 +80,9 @@ def result_dtypes(y_pred_raw: Any, compat: str) -> tuple[np.dtype, np.dtype]:
     in float32 and returned as float16); integers and bools compute in float32 (Keras 2 would
     use integer arithmetic). Keras 3 computes and returns float32 (its default loss dtype)."""
     if compat == "keras3":
-        return np.dtype(np.float32), np.dtype(np.float32)
+        return _F32, _F32
+    if type(y_pred_raw) is np.ndarray and y_pred_raw.dtype in _NATIVE_FLOATS:
+        return (_F64, _F64) if y_pred_raw.dtype == _F64 else (_F32, _F32)
     dt = getattr(y_pred_raw, "dtype", None)
     if isinstance(y_pred_raw, (np.ndarray, np.generic)) and dt is not None and np.dtype(dt) == np.float64:
         return np.dtype(np.float64), np.dtype(np.float64)
@@ -109,6 +119,9 @@ def align_keras3(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _broadcast(arrays: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+    first = arrays[0].shape
+    if all(a.shape == first for a in arrays):
+        return arrays
     try:
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
     except ValueError:
@@ -126,6 +139,8 @@ def _norm_axis(axis: int, ndim: int, what: str) -> int:
 def _rows(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """(R, C) view of ``a`` with ``axes`` reduced along the rows (a copy only when the
     reduced axes are not the trailing ones of a contiguous array)."""
+    if axes == (a.ndim - 1,):  # the class axis last: a reshape, whatever the memory order
+        return a.reshape(-1 if a.shape[-1] else math.prod(a.shape[:-1]), a.shape[-1])
     rest = [i for i in range(a.ndim) if i not in axes]
     if list(axes) != list(range(a.ndim - len(axes), a.ndim)):
         a = np.transpose(a, rest + list(axes))
@@ -137,6 +152,11 @@ def _rows(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 def layout(plan: Plan, inputs: list[np.ndarray], names: list[str]):
     """Lay the inputs out as rows: returns (arrays by element name, labels, batch shape)."""
     kind = plan.layout
+    if (kind == "pointwise" or kind == "strict") and plan.axis == -1 and len(inputs) == 2:
+        y, p = inputs
+        if y.shape == p.shape and p.ndim and p.shape[-1]:  # the common case, without the general rules
+            C = p.shape[-1]
+            return {"t": y.reshape(-1, C), "p": p.reshape(-1, C)}, None, p.shape[:-1]
     if kind == "sparse" or kind == "sparse_strict":
         y, p = inputs
         if p.ndim == 0:
@@ -228,6 +248,9 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     Inputs of other array libraries are recognised by :mod:`gpuloss._interop` and the result
     comes back as the caller's kind of array.
     """
+    if backend is None and _plain_numpy_call(spec, values, sample_weight) and not os.environ.get("GPULOSS_BACKEND"):
+        # NumPy arrays and plain options: nothing to classify, convert or wrap (saves ~10 µs a call)
+        return _evaluate_host(spec, values, compat, reduction, sample_weight, is_class_call, backend)
     from . import _interop
 
     kind = _interop.classify([values[n] for n in spec.inputs] + [sample_weight],
@@ -243,6 +266,23 @@ def evaluate(spec, values: dict[str, Any], compat: str, reduction: Any = None, s
     host_values, host_weight, wrap = _interop.to_host(values, spec.inputs, sample_weight, kind)
     result = _evaluate_host(spec, host_values, compat, reduction, host_weight, is_class_call, backend)
     return wrap(result, is_class_call and reduction not in ("none", None))
+
+
+_PLAIN_INPUTS = (np.ndarray, float, int, type(None))
+_PLAIN_OPTIONS = frozenset({float, int, bool, str, tuple, type(None)})
+
+
+def _plain_numpy_call(spec, values: dict[str, Any], sample_weight: Any) -> bool:
+    if type(sample_weight) not in _PLAIN_INPUTS:
+        return False
+    inputs = spec.inputs
+    for k, v in values.items():
+        if k in inputs:
+            if type(v) not in _PLAIN_INPUTS:
+                return False
+        elif type(v) not in _PLAIN_OPTIONS:
+            return False
+    return True
 
 
 def _on_gpu_from_host(spec, values, compat, reduction, sample_weight, is_class_call):
@@ -285,7 +325,7 @@ def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sa
             want_rows = True  # weights broadcast the loss to a larger shape: general path
     kernels = _backend.numba_kernels()
     if want_rows and plan.layout != "direct":
-        L, valid, nbad = kernels.rows(plan.program, dtype.name, arrays, labels, params, plan.ignore_class)
+        L, valid, nbad = kernels.rows(plan.program, _DTYPE_NAMES[dtype], arrays, labels, params, plan.ignore_class)
         mask = valid
     if nbad:
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
@@ -333,7 +373,7 @@ def _fused_partial(kernels, plan: Plan, dtype, arrays, labels, params, sw, L_sha
     w = None
     if sw is not None:
         w = sw.reshape(1) if sw.size == 1 else np.ascontiguousarray(np.broadcast_to(sw, L_shape)).reshape(-1)
-    swl, sw_sum, count, nbad = kernels.reduce(plan.program, dtype.name, arrays, labels, w, params,
+    swl, sw_sum, count, nbad = kernels.reduce(plan.program, _DTYPE_NAMES[dtype], arrays, labels, w, params,
                                               plan.ignore_class)
     if nbad:
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
@@ -397,13 +437,28 @@ def _weighted_reduce(L: np.ndarray, mask, sw, reduction, compat):
         return _reduce_values(W, total, reduction, compat, None)
 
 
+#: the compute dtypes' names for the kernel modules (``dtype.name`` is Python code, ~1 µs)
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+
+
+@functools.lru_cache(maxsize=16)
+def _epsilon_params(dtype: np.dtype, eps: float) -> tuple[float, float]:
+    t = dtype.type
+    e = t(eps)
+    return float(e), float(t(1) - e)
+
+
+@functools.lru_cache(maxsize=256)
+def _rounded(dtype: np.dtype, value: float) -> float:
+    return float(dtype.type(value))
+
+
 def _params(plan: Plan, dtype: np.dtype, arrays) -> dict[str, Any]:
     """The plan's runtime scalars plus ε, rounded to the compute dtype as Keras casts them."""
-    t = dtype.type
-    eps = t(epsilon())
-    params: dict[str, Any] = {"epsilon": float(eps), "one_minus_epsilon": float(t(1) - eps)}
+    eps, one_minus_eps = _epsilon_params(dtype, _EPSILON[0])
+    params: dict[str, Any] = {"epsilon": eps, "one_minus_epsilon": one_minus_eps}
     for k, v in plan.params.items():
-        params[k] = v.astype(dtype) if isinstance(v, np.ndarray) else float(t(v))
+        params[k] = v.astype(dtype) if isinstance(v, np.ndarray) else _rounded(dtype, v)
     if plan.prepare is not None:
         params.update(plan.prepare(arrays))
     if plan.program is not None:

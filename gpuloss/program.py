@@ -140,6 +140,11 @@ class RowProgram:
 
     def param_names(self) -> tuple[str, ...]:
         """Runtime scalars the program reads, sorted (the kernels' trailing arguments)."""
+        return self._param_names
+
+    @functools.cached_property
+    def _param_names(self) -> tuple[str, ...]:
+        # computed once: every call reads it, and building it costs ~4 µs of a ~20 µs call
         known = set(ELEMENT_NAMES) | set(ROW_NAMES) | set(self.stat_names)
         names: set[str] = set()
         for t in [s.term for p in self.passes for _, s in p] + [self.finish]:

@@ -125,7 +125,8 @@ def _param_values(program: RowProgram, params: Mapping[str, object]) -> list:
 
 
 def _column_params(params: Mapping[str, object]) -> tuple[str, ...]:
-    return tuple(sorted(k for k, v in params.items() if isinstance(v, np.ndarray)))
+    cols = [k for k, v in params.items() if isinstance(v, np.ndarray)]
+    return tuple(sorted(cols)) if cols else ()
 
 
 def _arrays(program: RowProgram, arrays: Mapping[str, np.ndarray], labels) -> list:
@@ -144,12 +145,21 @@ def _use_chunks(program: RowProgram, R: int, C: int) -> bool:
 
 
 def _flat_ok(program: RowProgram, arrays, colp) -> bool:
-    if not program.flat_scale or program.sparse or colp:
-        return False
-    (_, st), = program.passes[0]
-    if "n" in st.term.args:
+    if colp or not _flattenable(program):
         return False
     return all(arrays[e].flags.c_contiguous for e in program.elements)
+
+
+def _flattenable(program: RowProgram) -> bool:
+    """Rows of this program can be fused into one flat sweep (a single Sum, no row length)."""
+    ok = _FLATTENABLE.get(program.fingerprint)
+    if ok is None:
+        ok = bool(program.flat_scale) and not program.sparse and "n" not in program.passes[0][0][1].term.args
+        _FLATTENABLE[program.fingerprint] = ok
+    return ok
+
+
+_FLATTENABLE: dict[str, bool] = {}
 
 
 def _sparse_args(program, ignore_class):
@@ -209,6 +219,10 @@ def _valid_mask(labels: np.ndarray, ignore_class: int) -> np.ndarray:
     return lab != ignore_class
 
 
+#: the weight of an unweighted call (the kernels only read it; one array, not one per call)
+_UNIT_WEIGHT = np.ones(1)
+
+
 def reduce(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], labels=None,
            weights: np.ndarray | None = None, params: Mapping[str, object] = {},
            ignore_class: int | None = None) -> tuple[float, float, float, int]:
@@ -224,7 +238,7 @@ def reduce(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], la
     if R == 0:
         return 0.0, 0.0, 0.0, 0
     if weights is None:
-        weights = np.ones(1)
+        weights = _UNIT_WEIGHT
     w_step = 0 if weights.size == 1 else 1
     arrs = _arrays(program, arrays, labels)
     sp = _sparse_args(program, ignore_class)
@@ -236,15 +250,15 @@ def reduce(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], la
         wl = w * L.astype(np.float64)
         return float(wl.sum()), float(w.sum()), float(L.size), int(nbad)
     small = R * C < SERIAL_BELOW
-    suffix = "ser" if small else "par"
     if _flat_ok(program, arrays, colp) and (w_step == 0 or C == 1):
-        part = getattr(mod, f"flat_reduce_{suffix}")(*[a.reshape(-1) for a in arrs], weights, w_step, *pv)
-        swl, sw = part.sum(axis=0)
+        kernel = mod.flat_reduce_ser if small else mod.flat_reduce_par
+        part = kernel(*[a.reshape(-1) for a in arrs], weights, w_step, *pv)
+        swl, sw = part.sum(axis=0).tolist()
         if C > 1:
             sw = sw / C
             if program.flat_scale == "mean":
                 swl = swl / C
         return float(swl), float(sw), float(R), 0
-    part = getattr(mod, f"reduce_{suffix}")(*arrs, weights, w_step, *sp, *pv)
+    part = (mod.reduce_ser if small else mod.reduce_par)(*arrs, weights, w_step, *sp, *pv)
     swl, sw, cnt, nbad = part.sum(axis=0)
     return float(swl), float(sw), float(cnt), int(nbad)
