@@ -154,3 +154,28 @@ def test_terms_outside_the_vocabulary_are_rejected():
 
     with pytest.raises(TypeError, match="not in the vocabulary"):
         codegen.module_source(elementwise(uses_numpy), "float32")
+
+
+@pytest.mark.parametrize("where", ["none", "first", "middle", "last", "nan"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided"])
+def test_hinge_label_scan_sees_every_label(where, layout):
+    """Hinge converts {0, 1} labels only if all are 0/1: the parallel scan that stops early must
+    still find a single non-binary label anywhere, in any memory layout (300k labels: blocks on
+    both threads)."""
+    rng = np.random.default_rng(7)
+    y = (rng.random((100_000, 3)) > 0.5).astype(np.float32)
+    p = rng.standard_normal((100_000, 3)).astype(np.float32)
+    spot = {"first": 0, "middle": y.size // 2, "last": y.size - 1, "nan": y.size // 3}.get(where)
+    if spot is not None:
+        y.reshape(-1)[spot] = np.nan if where == "nan" else 2.0
+    if layout == "fortran":
+        y, p = np.asfortranarray(y), np.asfortranarray(p)
+    elif layout == "strided":
+        y, p = np.repeat(y, 2, axis=1)[:, ::2], np.repeat(p, 2, axis=1)[:, ::2]
+    y64, p64 = y.astype(np.float64), p.astype(np.float64)
+    signed = 2 * y64 - 1 if where == "none" else y64
+    want = np.maximum(1 - signed * p64, 0).mean(axis=-1)
+    got = gpuloss.hinge(y, p)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    if where == "nan":
+        assert np.isnan(got.reshape(-1)[spot // 3])
