@@ -50,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import bandwidth, memory
-from .cases import KEY_CASES, Case, elements, input_bytes, make_inputs, select_cases
+from .cases import CASES, KEY_CASES, Case, elements, input_bytes, make_inputs, select_cases
 from .peers import PEER_LIBRARIES, bind, import_errors, peers_for, versions
 
 __all__ = ["main", "run", "render_markdown", "time_interleaved", "TARGETS"]
@@ -490,7 +490,8 @@ def evaluate_targets(data: dict) -> list[dict]:
     for name, r in small.items():
         us = r["derived"]["gpuloss_us"]
         next_size = {x["case"]: x for x in data["results"] if x["requested_n"] == OVERHEAD_SIZE * 10}.get(name)
-        overhead = call_overhead_us(r, next_size)
+        quadratic = name in CASES and CASES[name].max_n is not None  # Circle: t(n) is not linear in n
+        overhead = None if quadratic else call_overhead_us(r, next_size)
         if overhead is None:  # no second size to separate the work from the overhead: the whole call
             add(name, "µs per call at 1e3 ≤", us, TARGETS["all"]["overhead_us"], us <= TARGETS["all"]["overhead_us"])
         else:
@@ -618,7 +619,8 @@ def render_markdown(data: dict, plots: list[str] | None = None) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in small:
             t = r["timings"]
-            overhead = call_overhead_us(r, larger.get(r["case"]))
+            quadratic = r["case"] in CASES and CASES[r["case"]].max_n is not None
+            overhead = None if quadratic else call_overhead_us(r, larger.get(r["case"]))
             cells = [r["case"] + _busy_mark(r), _f(t["gpuloss"]["median_s"] * 1e6, ".1f"), _f(overhead, ".1f")]
             cells += [_f(t[k]["median_s"] * 1e6, ".1f") if k in t else "" for k in libs + ["read"]]
             lines.append("| " + " | ".join(cells) + " |")
