@@ -487,11 +487,10 @@ def evaluate_targets(data: dict) -> list[dict]:
         if "memory_fraction" in d:
             add(name, "extra memory / input ≤", d["memory_fraction"], TARGETS["all"]["memory_fraction"],
                 d["memory_fraction"] <= TARGETS["all"]["memory_fraction"])
+    larger = {r["case"]: r for r in data["results"] if r["requested_n"] == OVERHEAD_SIZE * 10}
     for name, r in small.items():
         us = r["derived"]["gpuloss_us"]
-        next_size = {x["case"]: x for x in data["results"] if x["requested_n"] == OVERHEAD_SIZE * 10}.get(name)
-        quadratic = name in CASES and CASES[name].max_n is not None  # Circle: t(n) is not linear in n
-        overhead = None if quadratic else call_overhead_us(r, next_size)
+        overhead = call_overhead_us(r, larger.get(name))
         if overhead is None:  # no second size to separate the work from the overhead: the whole call
             add(name, "µs per call at 1e3 ≤", us, TARGETS["all"]["overhead_us"], us <= TARGETS["all"]["overhead_us"])
         else:
@@ -505,8 +504,8 @@ def call_overhead_us(small: dict, larger: dict | None) -> float | None:
     times at 1e3 and 1e4 elements. Both sizes run the serial kernels (below
     ``kernels.numba.SERIAL_BELOW``), so the per-element slope is the same on both; what the
     1e3 call spends beyond 1e3 × that slope is the Python, dispatch and allocation overhead."""
-    if larger is None:
-        return None
+    if larger is None or (small["case"] in CASES and CASES[small["case"]].max_n is not None):
+        return None  # no second size, or a quadratic case (Circle): t(n) is not linear in n
     t1, t2 = small["timings"]["gpuloss"]["median_s"], larger["timings"]["gpuloss"]["median_s"]
     n1, n2 = small["n"], larger["n"]
     if n2 <= n1:
@@ -619,8 +618,7 @@ def render_markdown(data: dict, plots: list[str] | None = None) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in small:
             t = r["timings"]
-            quadratic = r["case"] in CASES and CASES[r["case"]].max_n is not None
-            overhead = None if quadratic else call_overhead_us(r, larger.get(r["case"]))
+            overhead = call_overhead_us(r, larger.get(r["case"]))
             cells = [r["case"] + _busy_mark(r), _f(t["gpuloss"]["median_s"] * 1e6, ".1f"), _f(overhead, ".1f")]
             cells += [_f(t[k]["median_s"] * 1e6, ".1f") if k in t else "" for k in libs + ["read"]]
             lines.append("| " + " | ".join(cells) + " |")
