@@ -179,3 +179,69 @@ def test_hinge_label_scan_sees_every_label(where, layout):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     if where == "nan":
         assert np.isnan(got.reshape(-1)[spot // 3])
+
+
+_TILE_PARAMS = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.1, "gamma": 2.0,
+                "alpha": 0.25, "norm": 2.0, "margin": 1.0, "norm_floor": 1e-12, "label_classes": 4.0}
+
+
+def _tile_cases():
+    """One program of each shape the tile kernels meet (each case compiles four kernels from
+    cold in CI, so not every program): max then online sums, a sparse program, two passes
+    with per-column parameters, sum + max in one pass, three sums, three inputs."""
+    from gpuloss.losses import hinge as H, metric_learning as M, probabilistic as P, similarity as S
+
+    return [(P.CCE_LOGITS, (), "float32"), (P.SCCE_LOGITS, (), "float32"), (P.CFCE_PROBS, ("alpha",), "float32"),
+            (H.CATEGORICAL_HINGE, (), "float32"), (S.COSINE, (), "float64"), (M.TRIPLET, (), "float32")]
+
+
+@pytest.mark.parametrize("program,colp,dtype", _tile_cases(), ids=lambda v: getattr(v, "name", None) or str(v))
+def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
+    """The tile kernels (short rows, transposed tiles) against the row kernels on the same
+    inputs: partial tiles, several blocks, strided and Fortran views, NaN and inf elements, and
+    for sparse programs bad and ignored labels (the parallel kernels are the same code in a
+    prange: test_same_bits_for_any_thread_count and the API tests run them)."""
+    r = np.random.default_rng(11)
+    assert codegen.tile_ok(program)
+    for C, R, layout in ((1, 4001, "c"), (3, 1001, "strided"), (10, 5003, "c"), (16, 2999, "fortran")):
+        arrays = {}
+        for e in (("p",) if program.sparse else program.elements):
+            a = r.uniform(0.05, 1.0, (R, C)) if "logits" not in program.name else r.normal(0, 3, (R, C))
+            a[R // 3, 0] = np.nan
+            a[R // 2, C - 1] = np.inf if "logits" in program.name else 0.5
+            if layout == "strided":
+                a = np.repeat(a, 2, axis=1)[:, ::2]
+            elif layout == "fortran":
+                a = np.asfortranarray(a)
+            arrays[e] = a.astype(dtype)
+        labels = None
+        if program.sparse:
+            labels = r.integers(0, C, R)
+            labels[1], labels[2] = -1, C  # out of range: NaN rows, counted
+        params = {k: _TILE_PARAMS[k] for k in program.param_names()}
+        for c in colp:
+            params[c] = r.uniform(0.1, 0.9, C)
+        mod = K.kernel_module(program, dtype, K._column_params(params))
+        pv = K._param_values(program, params)
+        arrs = K._arrays(program, arrays, labels)
+        sp = K._sparse_args(program, 0 if program.sparse else None)  # label 0 ignored
+        want_rows, got_rows = np.empty(R, dtype), np.empty(R, dtype)
+        # the serial twins: the same generated code without prange, a quarter of the compile time
+        assert mod.rows_ser(*arrs, want_rows, *sp, *pv) == mod.tile_rows_ser(*arrs, got_rows, *sp, *pv)
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(got_rows, want_rows, rtol=rtol, atol=rtol, equal_nan=True,
+                                   err_msg=f"{program.name} C={C}")
+        assert np.isnan(got_rows).any()
+        w = r.random(R)
+        for weights, step in ((np.ones(1), 0), (w, 1)):
+            a = mod.reduce_ser(*arrs, weights, step, *sp, *pv).sum(axis=0)
+            b = mod.tile_reduce_ser(*arrs, weights, step, *sp, *pv).sum(axis=0)
+            np.testing.assert_allclose(b, a, rtol=rtol, equal_nan=True, err_msg=f"{program.name} C={C}")
+
+
+def test_short_rows_run_the_tile_kernels():
+    from gpuloss.losses import probabilistic as P
+
+    assert K._use_tiles(P.CCE_LOGITS, 10) and K._use_tiles(P.SCCE_LOGITS, codegen.TILE_MAX_C)
+    assert not K._use_tiles(P.CCE_LOGITS, codegen.TILE_MAX_C + 1)
+    assert not K._use_tiles(P.GCE, 10)  # no pass: nothing to tile

@@ -144,6 +144,20 @@ def _use_chunks(program: RowProgram, R: int, C: int) -> bool:
     return bool(program.passes) and C >= codegen.CHUNK_MIN_COLS and R <= codegen.CHUNK_MAX_ROWS
 
 
+def _use_tiles(program: RowProgram, C: int) -> bool:
+    return C <= codegen.TILE_MAX_C and _tiled(program)
+
+
+def _tiled(program: RowProgram) -> bool:
+    ok = _TILED.get(program.fingerprint)
+    if ok is None:
+        ok = _TILED[program.fingerprint] = codegen.tile_ok(program)
+    return ok
+
+
+_TILED: dict[str, bool] = {}
+
+
 def _flat_ok(program: RowProgram, arrays, colp) -> bool:
     if colp or not _flattenable(program):
         return False
@@ -204,7 +218,8 @@ def rows(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], labe
     if C == 1 and _flat_ok(program, arrays, colp):
         getattr(mod, f"flat_rows_{suffix}")(*[a.reshape(-1) for a in arrs], out, *pv)
         return out, None, 0
-    nbad = getattr(mod, f"rows_{suffix}")(*arrs, out, *sp, *pv)
+    kernel = "tile_rows" if _use_tiles(program, C) else "rows"
+    nbad = getattr(mod, f"{kernel}_{suffix}")(*arrs, out, *sp, *pv)
     valid = None
     if ignore_class is not None:
         valid = _valid_mask(labels, ignore_class)
@@ -259,6 +274,7 @@ def reduce(program: RowProgram, dtype: str, arrays: Mapping[str, np.ndarray], la
             if program.flat_scale == "mean":
                 swl = swl / C
         return float(swl), float(sw), float(R), 0
-    part = (mod.reduce_ser if small else mod.reduce_par)(*arrs, weights, w_step, *sp, *pv)
+    kernel = "tile_reduce" if _use_tiles(program, C) else "reduce"
+    part = getattr(mod, f"{kernel}_{'ser' if small else 'par'}")(*arrs, weights, w_step, *sp, *pv)
     swl, sw, cnt, nbad = part.sum(axis=0)
     return float(swl), float(sw), float(cnt), int(nbad)
