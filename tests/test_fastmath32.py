@@ -353,3 +353,35 @@ def test_caller_fastmath_does_not_leak(name: str) -> None:
     # bit-identical, NaNs and signed zeros included: the compensated sums in the
     # bodies would be simplified away by 'reassoc' if the flags leaked
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# ---------------------------------------------------------------------------
+# the float64 log (kernels/numba/fastmath64.py) the finish terms use
+# ---------------------------------------------------------------------------
+def test_log64_within_one_ulp_and_vectorised() -> None:
+    from gpuloss.kernels.numba.fastmath64 import log64
+
+    @njit(fastmath=_LOOSE, error_model="numpy")
+    def loop(x, out):
+        for i in range(x.size):
+            out[i] = log64(x[i])
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([
+        rng.integers(1, 0x7FF0000000000000, 4_000_000, dtype=np.int64).view(np.float64),  # every binade
+        rng.integers(1, 1 << 52, 200_000, dtype=np.int64).view(np.float64),  # subnormals
+        rng.uniform(0.5, 2.0, 1_000_000), 1.0 + rng.uniform(-1e-9, 1e-9, 200_000),
+        np.array([1.0, 2.0, 0.5, np.e, 10.0, 5e-324, np.finfo(np.float64).max, np.finfo(np.float64).tiny]),
+    ])
+    got = np.empty_like(x)
+    loop(x, got)
+    # against libm's log (correctly rounded on these inputs to within its own 0.5 ulp)
+    ulps = np.abs(got.view(np.int64) - np.log(x).view(np.int64))
+    assert ulps.max() <= 1, x[np.argmax(ulps)]
+    special = np.array([0.0, -0.0, -1e-300, -np.inf, np.inf, np.nan, 1.0])
+    out = np.empty_like(special)
+    loop(special, out)
+    np.testing.assert_array_equal(out, [-np.inf, -np.inf, np.nan, np.nan, np.inf, np.nan, 0.0])
+    assert np.signbit(out[-1]) == np.False_  # log(1) = +0
+    ir = _ir(loop)
+    assert re.search(r"<\d+ x double>", ir) and not _LIBM.search(ir)

@@ -68,7 +68,7 @@ def _machinery_hash() -> str:
     """Numba's cache does not see changes to inlined callees in other files, so the
     kernel directory is keyed by the sources every generated module depends on."""
     h = hashlib.sha256(numba.__version__.encode() + sys.version.encode())
-    for name in ("codegen.py", "vocab.py", "fastmath32.py", "accumulate.py"):
+    for name in ("codegen.py", "vocab.py", "fastmath32.py", "fastmath64.py", "accumulate.py"):
         h.update((_HERE / name).read_bytes())
     return h.hexdigest()[:12]
 

@@ -5,7 +5,7 @@ same names the definitions use and Numba picks the implementation per dtype at c
 time: float32 goes to the vectorisable polynomials of :mod:`.fastmath32` (Numba has no
 SVML, and a libm call per element stops the loop vectoriser: fused BCE-with-logits ran at
 0.13 Gelem/s with libm against 2.5 Gelem/s with the polynomials on 2 Zen 5 cores);
-float64 keeps libm, which is exact and only used where float64 was asked for.
+float64 ``log`` is :mod:`.fastmath64`'s (within 1 ulp), the rest of float64 keeps libm.
 
 ``maximum``/``minimum``/``clip`` propagate NaN as TensorFlow does.
 """
@@ -20,6 +20,7 @@ from numba.extending import overload
 
 from ... import vocab as _py
 from . import fastmath32 as _f32
+from . import fastmath64 as _f64
 
 exp = _py.exp
 log = _py.log
@@ -52,7 +53,9 @@ def _exp(x):
 def _log(x):
     if _is32(x):
         return lambda x: _f32.log32(x)
-    return lambda x: math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+    # float64: the vectorisable log64 (within 1 ulp), which the finish terms of float32
+    # kernels call once per row (see fastmath64)
+    return lambda x: _f64.log64(x)
 
 
 @overload(log1p, inline="always")
