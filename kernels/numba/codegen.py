@@ -15,8 +15,8 @@ Kernels of a module (``_par`` runs blocks on Numba's threads, ``_ser`` is the sa
 without threads, used for small inputs where waking threads costs more than the work):
 
 ``rows``          per-row values (reduction "none")
-``reduce``        per block: Σ w·ℓ, Σ w, valid count, bad labels (reduced calls)
-``flat_reduce``   single-Sum programs on contiguous data: one sweep over all elements
+``reduce``        Σ w·ℓ, Σ w, valid count, bad labels (reduced calls; blocks added in order)
+``flat_reduce``   single-Sum programs on contiguous data: one sweep over all elements (Σ w·ℓ, Σ w)
 ``flat_rows``     the same for rows of one element (C == 1, reduction "none")
 ``tile_rows``/``tile_reduce``  short rows (up to TILE_MAX_C elements): tiles of rows, copied
                   transposed so that every term loop vectorises across rows
@@ -264,7 +264,7 @@ class _Gen:
             f"        part[b, 1] = sw\n"
             f"        part[b, 2] = cnt\n"
             f"        part[b, 3] = bad\n"
-            f"    return part\n"
+            f"    return totals4(part)\n"
         )
 
     def flat_kernels(self, suffix: str, parallel: bool) -> str:
@@ -301,7 +301,7 @@ class _Gen:
             f"            swl *= w\n"
             f"        part[b, 0] = swl\n"
             f"        part[b, 1] = sw\n"
-            f"    return part\n\n\n"
+            f"    return totals2(part)\n\n\n"
             f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def flat_rows_{suffix}({self.array_args()}, out{self.param_args()}):\n"
             f"    N = out.shape[0]\n"
@@ -406,7 +406,7 @@ class _Gen:
                   f"{inner}    sw += w",
                   f"{inner}    cnt += 1.0",
                   "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
-                  "        part[b, 3] = bad", "    return part"]
+                  "        part[b, 3] = bad", "    return totals4(part)"]
             head = f"def tile_{suffix}({self.array_args()}, w_arr, w_step{self.header()}{self.param_args()}):"
             alloc = ["    part = np.zeros((nb, 4))"]
         else:
@@ -517,7 +517,7 @@ class _Gen:
             "_F = float64",
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
-            "from gpuloss.kernels.numba.accumulate import sum64, max64",
+            "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4",
             f"BUF = {BUF}",
             f"BLOCK = {BLOCK}",
             f"TILE_ELEMS = {TILE_ELEMS}",
