@@ -184,23 +184,25 @@ class _Gen:
                 out.append(f"{ind}    st_{name} = m_{name} if m_{name} > st_{name} else st_{name}")
         return "\n".join(out) + "\n"
 
+    def label_branches(self, ind: str, row: str, on_ignore: list[str], on_bad: list[str]) -> list[str]:
+        """The row's label checked (sparse programs): ``on_ignore`` for ``ignore_class`` rows,
+        ``on_bad`` for labels outside [0, C) (never read), else ``p_label`` is read and the
+        caller's lines follow, indented one level deeper than ``ind``."""
+        return ([f"{ind}ok, lab = label_index(label_arr[{row}])",
+                 f"{ind}if has_ignore and ok and lab == ignore:"]
+                + [f"{ind}    {x}" for x in on_ignore]
+                + [f"{ind}elif not ok or lab < 0 or lab >= C:"]
+                + [f"{ind}    {x}" for x in on_bad]
+                + [f"{ind}else:",
+                   f"{ind}    p_label_T = _T(p_arr[{row}, lab])",
+                   f"{ind}    p_label_F = _F(p_label_T)"])
+
     def row_value(self, ind: str, row: str) -> str:
         """Code that leaves the row's loss in ``val`` and its validity in ``valid``."""
         out = [f"{ind}valid = True", f"{ind}n_F = _F(C)", f"{ind}n_T = _T(C)"]
         body_ind = ind
         if self.p.sparse:
-            out += [
-                f"{ind}ok, lab = label_index(label_arr[{row}])",
-                f"{ind}if has_ignore and ok and lab == ignore:",
-                f"{ind}    valid = False",
-                f"{ind}    val = 0.0",
-                f"{ind}elif not ok or lab < 0 or lab >= C:",
-                f"{ind}    bad += 1",
-                f"{ind}    val = np.nan",
-                f"{ind}else:",
-                f"{ind}    p_label_T = _T(p_arr[{row}, lab])",
-                f"{ind}    p_label_F = _F(p_label_T)",
-            ]
+            out += self.label_branches(ind, row, ["valid = False", "val = 0.0"], ["bad += 1", "val = np.nan"])
             body_ind = ind + "    "
         done: list[str] = []
         for k in range(len(self.p.passes)):
@@ -385,18 +387,9 @@ class _Gen:
         L.append(f"{ind}for i in range(nt):")
         L.append(f"{ind}    r = r0 + i")
         if self.p.sparse:
-            L += [f"{inner}valid = True",
-                  f"{inner}ok, lab = label_index(label_arr[r])",
-                  f"{inner}if has_ignore and ok and lab == ignore:",
-                  f"{inner}    valid = False",
-                  f"{inner}    val = 0.0",
-                  f"{inner}elif not ok or lab < 0 or lab >= C:",
-                  f"{inner}    bad += 1",
-                  f"{inner}    val = np.nan",
-                  f"{inner}else:",
-                  f"{inner}    p_label_T = _T(p_arr[r, lab])",
-                  f"{inner}    p_label_F = _F(p_label_T)",
-                  f"{inner}    val = {fin}"]
+            L.append(f"{inner}valid = True")
+            L += self.label_branches(inner, "r", ["valid = False", "val = 0.0"], ["bad += 1", "val = np.nan"])
+            L.append(f"{inner}    val = {fin}")
         else:
             L += [f"{inner}valid = True", f"{inner}val = {fin}"]
         if reduce:
@@ -468,19 +461,9 @@ class _Gen:
         sets = "".join(f"        st_{n} = stats[r, {i}]\n" for i, n in enumerate(done))
         ind = " " * 8
         if self.p.sparse:
-            body = (
-                f"        ok, lab = label_index(label_arr[r])\n"
-                f"        if has_ignore and ok and lab == ignore:\n"
-                f"            out[r] = 0.0\n"
-                f"            valid[r] = False\n"
-                f"        elif not ok or lab < 0 or lab >= C:\n"
-                f"            out[r] = np.nan\n"
-                f"            nbad += 1\n"
-                f"        else:\n"
-                f"            p_label_T = _T(p_arr[r, lab])\n"
-                f"            p_label_F = _F(p_label_T)\n"
-                f"            out[r] = {self._call(self.p.finish, 'f_', '_F', None, None)}\n"
-            )
+            body = "\n".join(self.label_branches("        ", "r", ["out[r] = 0.0", "valid[r] = False"],
+                                                 ["out[r] = np.nan", "nbad += 1"])
+                             + [f"            out[r] = {self._call(self.p.finish, 'f_', '_F', None, None)}"]) + "\n"
         else:
             body = f"        out[r] = {self._call(self.p.finish, 'f_', '_F', None, None)}\n"
         out.append(
