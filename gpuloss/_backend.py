@@ -37,11 +37,16 @@ def numba_kernels():
 def all_zero_or_one(arr: Any) -> bool:
     """Every element 0 or 1? (Hinge's batch-global label rule; on a GPU this reads one flag
     back, the only host sync of a Hinge call there)."""
-    if type(arr).__module__.startswith("cupy"):
-        return bool(((arr == 0) | (arr == 1)).all())
-    from .kernels.numba.utils import all_zero_or_one as impl
+    if type(arr) is np.ndarray:
+        if not _HOST_SCAN:
+            from .kernels.numba.utils import all_zero_or_one as impl  # imports Numba: first call only
 
-    return impl(arr)
+            _HOST_SCAN.append(impl)
+        return _HOST_SCAN[0](arr)
+    return bool(((arr == 0) | (arr == 1)).all())  # device arrays (CuPy)
+
+
+_HOST_SCAN: list = []
 
 
 def gpu_evaluate(spec, values, compat, reduction, sample_weight, is_class_call):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import _backend
 from ..program import Max, Plan, RowProgram, Sum, elementwise, term
 from ..registry import loss
 from ..vocab import maximum
@@ -45,12 +46,13 @@ CATEGORICAL_HINGE = RowProgram("categorical_hinge", ("t", "p"),
                                categorical_hinge_finish)
 
 
+_SIGNED = {"label_scale": 2.0, "label_shift": -1.0}
+_PLAIN = {"label_scale": 1.0, "label_shift": 0.0}
+
+
 def _binary_to_signed(arrays):
     """Keras converts {0, 1} labels to {-1, 1} only if *every* label of the batch is 0 or 1."""
-    from .._backend import all_zero_or_one
-
-    return {"label_scale": 2.0, "label_shift": -1.0} if all_zero_or_one(arrays["t"]) else \
-        {"label_scale": 1.0, "label_shift": 0.0}
+    return dict(_SIGNED if _backend.all_zero_or_one(arrays["t"]) else _PLAIN)
 
 
 @loss("Hinge")
