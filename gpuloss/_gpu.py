@@ -38,8 +38,12 @@ def _cp():
 
 def _as_device(x: Any, what: str):
     cp = _cp()
-    a = x if isinstance(x, cp.ndarray) else cp.asarray(x)
-    if a.dtype.kind not in "fiub":
+    # Python scalars (a sample_weight of 0.7 next to device inputs) follow the host pipeline's
+    # conversion (TensorFlow's: Python floats become float32); cupy.asarray(0.7) is float64,
+    # which made float64 losses differ from the CPU backend's by float32's rounding of 0.7
+    a = x if isinstance(x, cp.ndarray) else cp.asarray(P.as_array(x, what))
+    # bfloat16 (ml_dtypes' type, of kind "V") is numeric: the kernels read it, as the host admits it
+    if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
         raise TypeError(f"{what} must be numeric, got an array of dtype {a.dtype}")
     return a
 
@@ -50,7 +54,11 @@ def _dtypes(y_pred, compat: str, is_class_call: bool):
     name = y_pred.dtype.name
     if compat == "keras3" and is_class_call:
         return ("float32" if name not in ("float16", "bfloat16") else name), np.dtype(np.float32)
-    if name in ("float16", "bfloat16", "float32", "float64"):
+    if name == "bfloat16":
+        # returned as float32, as the CPU backend returns it for the same inputs (host bfloat16
+        # arrays and torch tensors compute and return float32); the GPU returned bfloat16
+        return name, np.dtype(np.float32)
+    if name in ("float16", "float32", "float64"):
         return name, y_pred.dtype
     return "float32", np.dtype(np.float32)
 
@@ -74,6 +82,17 @@ def _sm_count(cp) -> int:
     return dev.attributes["MultiProcessorCount"]
 
 
+#: shared memory a block may use, static and dynamic together, without the opt-in attribute
+_SHARED_PER_BLOCK = 48 * 1024
+
+
+def _dynamic_shared_budget(kernel) -> int:
+    """Dynamic shared memory a launch of ``kernel`` may ask for: CUDA refuses a launch whose
+    dynamic and static (``__shared__``) memory together exceed 48 KiB. (Staging rows in all of
+    the 48 KiB failed: the rows kernels' static arrays take 1.3-1.6 KiB.)"""
+    return _SHARED_PER_BLOCK - kernel.shared_size_bytes
+
+
 def _launch(plan, dtype: str, arrays, labels, params, weights, mode: int | None, out):
     """One launch: per-row values into ``out`` (mode None) or the reduced value (result vector)."""
     from .kernels.cupy import backend as kb
@@ -86,9 +105,12 @@ def _launch(plan, dtype: str, arrays, labels, params, weights, mode: int | None,
     elems = ["p"] if program.sparse else list(program.elements)
     first = arrays[elems[0]]
     R, C = first.shape
-    storage = np.dtype(dtype) if dtype != "bfloat16" else None
-    views = {e: (arrays[e] if arrays[e].dtype.name == dtype else arrays[e].astype(storage or arrays[e].dtype))
-             for e in elems}
+    # every element array is read as `dtype`: convert the others. (A float32 y_true next to a
+    # bfloat16 y_pred was passed unconverted, and the kernel read its float32 bytes as pairs of
+    # bfloat16.) NumPy knows bfloat16 through ml_dtypes' type: take it from the input that has it.
+    storage = (next(a.dtype for a in arrays.values() if a.dtype.name == dtype) if dtype == "bfloat16"
+               else np.dtype(dtype))
+    views = {e: (arrays[e] if arrays[e].dtype.name == dtype else arrays[e].astype(storage)) for e in elems}
     values = []
     for n in program.param_names():
         v = params[n]
@@ -113,7 +135,11 @@ def _launch(plan, dtype: str, arrays, labels, params, weights, mode: int | None,
                  _ptr_or_null(counter), _ptr_or_null(result), np.int32(mode or 0)]
         compiled.kernels["flat"]((grid,), (block,), tuple(args))
         return result, None
+    rows = compiled.kernels["rows"]
     lp = kb.launch_plan(program, dtype, R, C, sms, column_params=colp)
+    if lp.shared_bytes:  # staged block rows: within what the kernel's static arrays leave
+        lp = kb.launch_plan(program, dtype, R, C, sms, max_dynamic_shared=_dynamic_shared_budget(rows),
+                            column_params=colp)
     partials = cp.empty(lp.grid * 4, dtype=cp.float64) if reducing else None
     nbad = None if reducing else cp.zeros(1, dtype=cp.uint64)
     args = []
@@ -128,7 +154,7 @@ def _launch(plan, dtype: str, arrays, labels, params, weights, mode: int | None,
     args += [np.int64(R), np.int64(C)] + values + [np.int32(lp.G), np.int64(lp.stage_elems)]
     args += [out, np.int32(out_kind), _ptr_or_null(nbad), _ptr_or_null(w), np.int32(w_kind), w_step,
              _ptr_or_null(partials), _ptr_or_null(counter), _ptr_or_null(result), np.int32(mode or 0)]
-    compiled.kernels["rows"]((lp.grid,), (lp.block,), tuple(args), shared_mem=lp.shared_bytes)
+    rows((lp.grid,), (lp.block,), tuple(args), shared_mem=lp.shared_bytes)
     return result, nbad
 
 
@@ -146,11 +172,15 @@ def _prepare(spec, values, compat, sample_weight, is_class_call):
         inputs = list(P.align_keras3(y, p) if compat == "keras3" else P.align_keras2(y, p))
     options = {k: v for k, v in values.items() if k not in spec.inputs}
     plan = spec.body(*inputs, **options, compat=compat)
-    if plan.layout == "direct":
-        raise NotImplementedError(f"{spec.class_name} has no GPU kernel yet; call it on host arrays")
-    arrays, labels, batch = P.layout(plan, inputs, list(spec.inputs))
-    params = P._params(plan, np.dtype("float32" if dtype in ("float16", "bfloat16") else dtype), arrays)
     sw = None if sample_weight is None else _as_device(sample_weight, "sample_weight")
+    compute = np.dtype("float32" if dtype in ("float16", "bfloat16") else dtype)
+    if plan.layout == "direct":
+        # Circle: the plan computes its rows itself, on CuPy arrays with cuBLAS and CuPy's
+        # kernels (pairwise over the batch: a matrix product, not a row program)
+        L, mask = plan.prepare(*inputs, dtype=compute)
+        return plan, dtype, out_dtype, {"L": L, "mask": mask}, None, L.shape, None, sw
+    arrays, labels, batch = P.layout(plan, inputs, list(spec.inputs))
+    params = P._params(plan, compute, arrays)
     return plan, dtype, out_dtype, arrays, labels, batch, params, sw
 
 
@@ -176,6 +206,11 @@ def gpu_evaluate(spec, values: dict[str, Any], compat: str, reduction: Any, samp
     cp = _cp()
     plan, dtype, out_dtype, arrays, labels, batch, params, sw = _prepare(spec, values, compat, sample_weight,
                                                                          is_class_call)
+    if plan.layout == "direct":
+        L, mask = arrays["L"], arrays["mask"]
+        if not is_class_call:
+            return L
+        return cp.asarray(P._weighted_reduce(L, mask, sw, reduction, compat)).astype(out_dtype)
     R = math.prod(batch)
     want_rows = not is_class_call or reduction in ("none", None)
     L_shape = batch
@@ -254,6 +289,9 @@ def gpu_partial(spec, values: dict[str, Any], compat: str, sample_weight: Any):
     """The partial triple of a class call on device arrays, as a float64 device vector
     ``[Σ w·ℓ, Σ w, count, masked]`` (streaming accumulators and Dask CuPy chunks add these)."""
     plan, dtype, _, arrays, labels, batch, params, sw = _prepare(spec, values, compat, sample_weight, True)
+    if plan.layout == "direct":  # as on the host (gpuloss.streaming.split)
+        raise ValueError(f"{spec.class_name} cannot be accumulated over batches: it compares the samples "
+                         "of a batch with each other")
     L_shape = batch
     if sw is not None:
         L_shape, sw = P._align_weight(batch, sw, compat)

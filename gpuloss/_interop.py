@@ -277,6 +277,8 @@ def host_array(x: Any) -> Any:
     come back unchanged (the pipeline applies TensorFlow's conversion rules to them)."""
     if x is None or isinstance(x, (np.ndarray, np.generic, list, tuple, bool, int, float)):
         return x
+    if _from(x, "cupy"):  # loss options given on the device (per-class alpha): a small copy
+        return x.get()
     if _is_torch(x):
         t = x.detach()
         if t.device.type != "cpu":

@@ -15,17 +15,13 @@ nvidia-cuda-runtime, the ``test`` extra); the host-C++ checks also need g++.
 from __future__ import annotations
 
 import ast
-import contextlib
 import ctypes
 import hashlib
 import importlib.util
 import math
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +32,14 @@ from gpuloss import vocab as V
 from gpuloss.kernels.cupy import nvrtc, templates, translate as tr
 from gpuloss.program import RowProgram, Term
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cuda_host  # noqa: E402 - the host compiler, its cache, the programs
+
 if not nvrtc.available():
     pytest.skip("NVRTC library not found (pip install nvidia-cuda-nvrtc)", allow_module_level=True)
 
-CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+CXX = cuda_host.CXX
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler")
 
 DTYPES = list(templates.DTYPES)
@@ -47,35 +47,8 @@ DTYPES = list(templates.DTYPES)
 
 # ---- the programs ----------------------------------------------------------------------------
 
-def _programs() -> list[RowProgram]:
-    seen: dict[int, RowProgram] = {}
-    import gpuloss.losses as fam
-
-    for mod in (fam.regression, fam.probabilistic, fam.hinge, fam.similarity, fam.segmentation,
-                fam.metric_learning):
-        for v in vars(mod).values():
-            for it in (v.values() if isinstance(v, dict) else [v]):
-                if isinstance(it, RowProgram):
-                    seen[id(it)] = it
-    return list(seen.values())
-
-
-PROGRAMS = _programs()
-
-
-def _column_variants(p: RowProgram) -> list[tuple[str, ...]]:
-    """() for every program; plus a per-column ``alpha`` where the program has one (CFCE)."""
-    elem_params = set()
-    for stats in p.passes:
-        for _, st in stats:
-            elem_params.update(a for t in st.term.callees() + [st.term] for a in t.args)
-    out = [()]
-    if "alpha" in p.param_names() and "alpha" in elem_params and "alpha" not in p.finish.args:
-        out.append(("alpha",))
-    return out
-
-
-VARIANTS = [(p, c) for p in PROGRAMS for c in _column_variants(p)]
+PROGRAMS: list[RowProgram] = cuda_host.generated_programs()
+VARIANTS = [(p, c) for p in PROGRAMS for c in cuda_host.column_variants(p)]
 
 
 def test_every_registered_loss_has_programs():
@@ -204,45 +177,19 @@ def test_sweep_plans_read_logits_once():
 def _work_dir() -> Path:
     """Built test libraries and Numba modules, keyed by content: the two xdist workers (and
     later runs) share them instead of building twice."""
-    root = os.environ.get("GPULOSS_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"gpuloss-{os.getuid()}"
-                                                               if hasattr(os, "getuid") else "gpuloss")
-    d = Path(root) / "cuda-codegen-tests"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return cuda_host.work_dir("cuda-codegen-tests")
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, at worst a duplicate build
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
+_locked = cuda_host.locked
 
 CXXFLAGS = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-w"]
 
 
 def _build(source: str, tag: str) -> ctypes.CDLL:
-    key = hashlib.sha256((source + str(CXX) + " ".join(CXXFLAGS)).encode()).hexdigest()[:16]
-    d = _work_dir()
-    so = d / f"{tag}-{key}.so"
-    with _locked(d / f"{tag}-{key}.lock"):
-        if not so.exists():
-            cpp = d / f"{tag}-{key}.{os.getpid()}.cpp"
-            tmp = d / f"{tag}-{key}.{os.getpid()}.so"
-            cpp.write_text(source)
-            proc = subprocess.run([CXX, *CXXFLAGS, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
-            cpp.unlink()
-            if proc.returncode != 0:
-                pytest.fail(f"host C++ compile failed:\n{proc.stderr[:20000]}")
-            os.replace(tmp, so)
+    try:
+        so = cuda_host.compile_shared(source, tag, CXXFLAGS, "cuda-codegen-tests")
+    except cuda_host.CompileError as exc:
+        pytest.fail(f"host C++ compile failed:\n{exc.log}")
     return ctypes.CDLL(str(so))
 
 

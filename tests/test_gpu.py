@@ -17,7 +17,7 @@ if _GPUS == 0:
 import gpuloss  # noqa: E402
 from tests.test_golden import GOLDEN_CASES, check_result  # noqa: E402
 
-GPU_CASES = [c for c in GOLDEN_CASES if c.loss not in ("Circle", "circle")]
+GPU_CASES = GOLDEN_CASES
 
 
 def _to_device(x):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..program import Plan, RowProgram, Sum, elementwise, term
@@ -55,48 +57,52 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, *, compat="
     return Plan(TRIPLET, {"margin": float(margin), "norm": float(p)}, layout="triplet")
 
 
+def _array_module(x):
+    """CuPy for CuPy arrays (never imported here: it is in sys.modules if x is one), else NumPy."""
+    cupy = sys.modules.get("cupy")
+    return cupy if cupy is not None and isinstance(x, cupy.ndarray) else np
+
+
 def _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, gamma, margin, dtype):
-    """Circle loss rows in float64, blocked over rows so memory stays O(block·B) (the pairwise
-    similarities are a matrix product: BLAS is the right engine for them)."""
-    emb = np.asarray(y_pred, dtype=np.float64)
-    labels = np.asarray(y_true).astype(np.int64)
-    ref = emb if ref_embeddings is None else np.asarray(ref_embeddings, dtype=np.float64)
-    ref_lab = labels if ref_labels is None else np.asarray(ref_labels).astype(np.int64)
+    """Circle loss rows in float64, blocked over rows so memory stays O(block·B). The pairwise
+    similarities are a matrix product, so the engine is the array's own: BLAS for NumPy
+    arrays, cuBLAS (and CuPy's elementwise kernels) for CuPy arrays, with the same code."""
+    xp = _array_module(y_pred)
+    emb = xp.asarray(y_pred, dtype=xp.float64)
+    labels = xp.asarray(y_true).astype(xp.int64)
+    ref = emb if ref_embeddings is None else xp.asarray(ref_embeddings, dtype=xp.float64)
+    ref_lab = labels if ref_labels is None else xp.asarray(ref_labels).astype(xp.int64)
     if emb.ndim != 2 or ref.ndim != 2 or emb.shape[1] != ref.shape[1]:
         raise ValueError(f"Circle expects embeddings of shape (B, D) and references (M, D); "
                          f"got {emb.shape} and {ref.shape}")
     if labels.shape != (emb.shape[0],) or ref_lab.shape != (ref.shape[0],):
         raise ValueError(f"Circle expects labels of shape (B,) and (M,); got {labels.shape} and {ref_lab.shape}")
-    out = np.empty(emb.shape[0], dtype=np.float64)
+    out = xp.empty(emb.shape[0], dtype=xp.float64)
     block = 1024
     for r0 in range(0, emb.shape[0], block):
         e = emb[r0:r0 + block]
-        dist = np.maximum(1.0 - e @ ref.T, 0.0)
+        dist = xp.maximum(1.0 - e @ ref.T, 0.0)
         pos = labels[r0:r0 + block, None] == ref_lab[None, :]
         neg = ~pos
         if remove_diagonal:
-            idx = np.arange(r0, r0 + e.shape[0])
+            idx = xp.arange(r0, r0 + e.shape[0])
             inside = idx < ref.shape[0]
-            pos[np.nonzero(inside)[0], idx[inside]] = False
-        wp = np.maximum((margin + dist) * pos, 0.0)
-        wn = np.maximum((1.0 + margin - dist) * neg, 0.0)
-        sp = np.where(pos, -gamma * wp * (margin - dist), -np.inf)
-        sn = np.where(neg, gamma * wn * ((1.0 - margin) - dist), -np.inf)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lp = _logsumexp(sp)
-            ln = _logsumexp(sn)
-            z = lp + ln
-            out[r0:r0 + block] = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
-        out[r0:r0 + block][np.isneginf(z)] = 0.0
+            pos[xp.nonzero(inside)[0], idx[inside]] = False
+        wp = xp.maximum((margin + dist) * pos, 0.0)
+        wn = xp.maximum((1.0 + margin - dist) * neg, 0.0)
+        sp = xp.where(pos, -gamma * wp * (margin - dist), -xp.inf)
+        sn = xp.where(neg, gamma * wn * ((1.0 - margin) - dist), -xp.inf)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+            z = _logsumexp(xp, sp) + _logsumexp(xp, sn)
+            rows = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+        out[r0:r0 + block] = xp.where(xp.isneginf(z), 0.0, rows)
     return out.astype(dtype), out > 0
 
 
-def _logsumexp(x):
+def _logsumexp(xp, x):
     m = x.max(axis=1)
-    finite = np.isfinite(m)
-    shift = np.where(finite, m, 0.0)
-    with np.errstate(under="ignore"):
-        return np.log(np.exp(x - shift[:, None]).sum(axis=1)) + shift
+    shift = xp.where(xp.isfinite(m), m, 0.0)
+    return xp.log(xp.exp(x - shift[:, None]).sum(axis=1)) + shift
 
 
 @loss("Circle", keras3_only=True, class_params=("gamma", "margin", "remove_diagonal", "reduction", "name"))

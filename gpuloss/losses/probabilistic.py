@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _interop
 from ..program import Max, Plan, RowProgram, Sum, elementwise, row_sum, term
 from ..registry import loss
 from ..vocab import clip, exp, log, log1p, maximum, power, sigmoid
@@ -248,7 +249,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     """
     _check_compat(compat)
     _check_smoothing_gamma(label_smoothing, gamma)
-    a = np.asarray(alpha, dtype=np.float64)
+    a = np.asarray(_interop.host_array(alpha), dtype=np.float64)  # a list, or an array of any library
     # Keras smooths with the size of y_true's *last* axis, even when the class axis is another
     label_classes = np.shape(y_true)[-1] if np.ndim(y_true) else 1
     return Plan(CFCE_LOGITS if from_logits else CFCE_PROBS,

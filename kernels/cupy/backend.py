@@ -100,7 +100,9 @@ def launch_plan(program: RowProgram, dtype: str, R: int, C: int, sm_count: int,
     A function of the shape and the device's SM count only, so a call's bits do not change
     from run to run. Rows up to 32 elements get 1..32 lanes (about one element per lane), rows
     up to 1024 elements a whole warp, longer rows a block; block rows read more than once are
-    staged in shared memory when they fit ``max_dynamic_shared``."""
+    staged in shared memory when they fit ``max_dynamic_shared``: the dynamic shared memory a
+    launch of the kernel may have, 48 KiB less the kernel's static shared memory
+    (``RawKernel.shared_size_bytes``) unless it opted in to more."""
     block = templates.GL_BLOCK
     if C > 1024:
         G = 0
@@ -115,8 +117,9 @@ def launch_plan(program: RowProgram, dtype: str, R: int, C: int, sm_count: int,
         g = templates._gen(program, tuple(column_params))
         staged = g.staged()
         item = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}[dtype]
-        need = len(staged) * C * item
-        if staged and need <= max_dynamic_shared:
-            stage_elems = -(-C // 8) * 8  # keep each staged array 16-byte aligned
+        elems = -(-C // 8) * 8  # keep each staged array 16-byte aligned
+        # the rounded-up size is what the launch asks for: it must fit, not just the row
+        if staged and len(staged) * elems * item <= max_dynamic_shared:
+            stage_elems = elems
             shared = len(staged) * stage_elems * item
     return LaunchPlan(grid, block, G, stage_elems, shared)
