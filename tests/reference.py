@@ -608,9 +608,9 @@ def reduce(L: Any, sample_weight: Any = None, reduction: Any = "auto", compat: s
     total = float(np.sum(W))
     if reduction == "sum":
         return np.asarray(total)
-    if reduction == "mean_with_sample_weight":
+    if reduction == "mean_with_sample_weight" and (sample_weight is not None or mask is not None):
         return np.asarray(_divide_no_nan(total, float(np.sum(sw))))
-    return np.asarray(_divide_no_nan(total, float(W.size)))
+    return np.asarray(_divide_no_nan(total, float(W.size)))  # unweighted: the plain mean, as in Keras 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,5 +653,9 @@ def loss_call(fn_name: str, *inputs: Any, sample_weight: Any = None, reduction: 
     else:
         cd = compute_dtype(inputs[0], dtype)
     L, mask = per_sample(fn_name, *inputs, compat=compat, dtype=dtype, **params)
+    if isinstance(sample_weight, (float, list, tuple)):
+        # convert_to_tensor makes Python floats float32 (§6), then Keras casts the weights to the
+        # loss's dtype: a weight of 0.7 on a float64 loss is float32(0.7) = 0.69999999
+        sample_weight = np.asarray(sample_weight, dtype=np.float32)
     sw = None if sample_weight is None else _as(sample_weight, cd)
     return reduce(L, sw, reduction, compat, mask)

@@ -503,33 +503,73 @@ def primary(fn: str, inputs: tuple) -> np.ndarray:
 
 def allowed_dtypes(dtype, compat: str, is_class: bool) -> tuple:
     """Output dtypes: float32 -> float32, float64 -> float64, float16 -> float16 (tf_keras) or
-    float32; a Keras 3 class computes and returns float32 whatever the input (§6)."""
+    float32, bfloat16 -> float32 (the library's rule); a Keras 3 class computes and returns
+    float32 whatever the input (§6)."""
     if is_class and compat == ref.KERAS3:
         return (np.dtype(F32),)
     if np.dtype(dtype) == np.dtype(F16):
         return (np.dtype(F16), np.dtype(F32))
+    if np.dtype(dtype).name == "bfloat16":
+        return (np.dtype(F32),)
     return (np.dtype(dtype),)
+
+
+def output_problem(result: np.ndarray, allowed: tuple, expected: np.ndarray, S: np.ndarray, M: np.ndarray,
+                   what: str) -> str | None:
+    """What is wrong with ``result`` against the reference's ``expected`` (None: nothing)."""
+    if result.dtype not in allowed:
+        return f"{what}: dtype {result.dtype}, expected one of {allowed}"
+    if result.shape != expected.shape:
+        return f"{what}: shape {result.shape}, reference {expected.shape}"
+    tol = TOLERANCES[result.dtype]
+    got = result.astype(F64)
+    nan = np.isnan(expected)
+    if not np.array_equal(np.isnan(got), nan):
+        return f"{what}: NaN pattern differs: {got} vs {expected}"
+    bound = tol.rtol * np.abs(S) + tol.atol_per_term * np.abs(M) + tol.floor
+    err = np.abs(got - expected)
+    bad = ~nan & ~(err <= bound)
+    if np.any(bad):
+        i = np.flatnonzero(bad.ravel())[0]
+        return (f"{what}: {np.count_nonzero(bad)} value(s) outside tolerance; first at flat "
+                f"index {i}: got {got.ravel()[i]!r}, reference {expected.ravel()[i]!r}, "
+                f"|diff| {err.ravel()[i]:.3g} > bound {bound.ravel()[i]:.3g}")
+    return None
 
 
 def check_output(result: Any, allowed: tuple, expected: np.ndarray, S: np.ndarray, M: np.ndarray,
                  what: str):
     assert isinstance(result, np.ndarray), f"{what}: expected a NumPy array, got {type(result)}"
-    assert result.dtype in allowed, f"{what}: dtype {result.dtype}, expected one of {allowed}"
-    assert result.shape == expected.shape, (
-        f"{what}: shape {result.shape}, reference {expected.shape}")
-    tol = TOLERANCES[result.dtype]
-    got = result.astype(F64)
-    nan = np.isnan(expected)
-    assert np.array_equal(np.isnan(got), nan), f"{what}: NaN pattern differs: {got} vs {expected}"
-    fin = ~nan
-    bound = tol.rtol * np.abs(S) + tol.atol_per_term * np.abs(M) + tol.floor
-    err = np.abs(got - expected)
-    bad = fin & ~(err <= bound)
-    if np.any(bad):
-        i = np.flatnonzero(bad.ravel())[0]
-        pytest.fail(f"{what}: {np.count_nonzero(bad)} value(s) outside tolerance; first at flat "
-                    f"index {i}: got {got.ravel()[i]!r}, reference {expected.ravel()[i]!r}, "
-                    f"|diff| {err.ravel()[i]:.3g} > bound {bound.ravel()[i]:.3g}")
+    problem = output_problem(result, allowed, expected, S, M, what)
+    if problem:
+        pytest.fail(problem)
+
+
+def reference_class_call(fn: str, inputs: tuple, params: dict, sample_weight: Any, reduction: Any,
+                         compat: str) -> tuple:
+    """(expected, S, M, allowed output dtypes) of a class call, from the reference (S and M:
+    see the module docstring). Raises what the reference raises for a call Keras refuses."""
+    dtype = primary(fn, inputs).dtype
+    # a Keras 3 class computes in its loss dtype, float32 (§6)
+    cd = F32 if compat == ref.KERAS3 else ref.compute_dtype(primary(fn, inputs))
+    aligned = inputs if fn in ref.TRIPLET_INPUTS else ref.align_ranks(*inputs, compat)
+    L, mask = ref.per_sample(fn, *aligned, compat=compat, dtype=cd, **params)
+    M_L = magnitude(fn, aligned, params, compat, cd, L)
+    expected = ref.loss_call(fn, *inputs, sample_weight=sample_weight, reduction=reduction, compat=compat,
+                             **params)
+    abs_sw = None if sample_weight is None else np.abs(_w(sample_weight, cd))
+    S = ref.reduce(np.abs(L), abs_sw, reduction, compat, mask)
+    M = ref.reduce(M_L, abs_sw, reduction, compat, mask)
+    return expected, S, M, allowed_dtypes(dtype, compat, True)
+
+
+def reference_function_call(fn: str, inputs: tuple, params: dict, compat: str) -> tuple:
+    """(expected, S, M, allowed output dtypes) of a loss function call, from the reference."""
+    cd = ref.compute_dtype(primary(fn, inputs))
+    expected = ref.REFERENCES[fn](*inputs, compat=compat, **params)
+    mag_params = {k: v for k, v in params.items() if not k.startswith("ref_")}
+    M = magnitude(fn, inputs, mag_params, compat, cd, expected)
+    return expected, np.abs(expected), M, allowed_dtypes(primary(fn, inputs).dtype, compat, False)
 
 
 def weight_candidates(rng, L_shape, y_shape, dtype):
@@ -586,14 +626,10 @@ def class_case(lib, fn, ch: Chooser, big=False, dtype=None, compat=None, reducti
         sample = mismatch_ranks(ch, sample)
     if reduction == "draw":
         reduction = ch.choice(reductions_for(compat))
-    # a Keras 3 class computes in its loss dtype, float32 (§6)
-    cd = F32 if compat == ref.KERAS3 else ref.compute_dtype(primary(fn, sample.inputs))
-    inputs = sample.inputs
-    if fn not in ref.TRIPLET_INPUTS:
-        inputs = ref.align_ranks(*inputs, compat)
-    L, mask = ref.per_sample(fn, *inputs, compat=compat, dtype=cd, **sample.params)
-    M_L = magnitude(fn, inputs, sample.params, compat, cd, L)
     if sw == "draw":
+        cd = F32 if compat == ref.KERAS3 else ref.compute_dtype(primary(fn, sample.inputs))
+        inputs = sample.inputs if fn in ref.TRIPLET_INPUTS else ref.align_ranks(*sample.inputs, compat)
+        L, mask = ref.per_sample(fn, *inputs, compat=compat, dtype=cd, **sample.params)
         rng = ch.rng()
         valid = []
         for cand in weight_candidates(rng, L.shape, np.shape(inputs[0]), dtype):
@@ -603,16 +639,12 @@ def class_case(lib, fn, ch: Chooser, big=False, dtype=None, compat=None, reducti
                 continue
             valid.append(cand)
         sw = valid[ch.integer(0, len(valid) - 1)]
-    expected = ref.loss_call(fn, *sample.inputs, sample_weight=sw, reduction=reduction,
-                             compat=compat, **sample.params)
-    abs_sw = None if sw is None else np.abs(_w(sw, cd))
-    S = ref.reduce(np.abs(L), abs_sw, reduction, compat, mask)
-    M = ref.reduce(M_L, abs_sw, reduction, compat, mask)
+    expected, S, M, allowed = reference_class_call(fn, sample.inputs, sample.params, sw, reduction, compat)
     what = (f"{ref.CLASS_NAMES[fn]}({sample.params}, reduction={reduction!r}, compat={compat!r}) "
             f"shapes={[np.shape(a) for a in sample.inputs]} dtype={np.dtype(dtype).name} "
             f"sample_weight={'None' if sw is None else np.shape(sw)}")
     result = call_class(lib, fn, sample, sw, reduction, compat)
-    check_output(result, allowed_dtypes(dtype, compat, True), expected, S, M, what)
+    check_output(result, allowed, expected, S, M, what)
     return sample, result
 
 
@@ -725,16 +757,14 @@ def function_case(lib, fn, ch, dtype, compat):
         e = rng.normal(size=(n, d))
         params["ref_embeddings"] = (e / np.linalg.norm(e, axis=-1, keepdims=True)).astype(dtype)
         params["ref_labels"] = rng.integers(3, size=n)
-    cd = ref.compute_dtype(primary(fn, sample.inputs))
-    expected = ref.REFERENCES[fn](*sample.inputs, compat=compat, **params)
-    mag_params = {k: v for k, v in params.items() if not k.startswith("ref_")}
-    M = magnitude(fn, sample.inputs, mag_params, compat, cd, expected)
+    expected, S, M, allowed = reference_function_call(fn, sample.inputs, params, compat)
     if fn == "circle" and "ref_embeddings" in params:
         M = np.broadcast_to(8 * params["gamma"] * 4 + 50.0, expected.shape)
     result = getattr(lib, fn)(*sample.inputs, compat=compat, **params)
-    what = (f"{fn}({params if fn != 'circle' else mag_params}, compat={compat!r}) shapes="
-            f"{[np.shape(a) for a in sample.inputs]} dtype={np.dtype(dtype).name}")
-    check_output(result, allowed_dtypes(dtype, compat, False), expected, np.abs(expected), M, what)
+    shown = {k: v for k, v in params.items() if not k.startswith("ref_")} if fn == "circle" else params
+    what = (f"{fn}({shown}, compat={compat!r}) shapes={[np.shape(a) for a in sample.inputs]} "
+            f"dtype={np.dtype(dtype).name}")
+    check_output(result, allowed, expected, S, M, what)
 
 
 @pytest.mark.parametrize("fn", ALL_LOSSES)
