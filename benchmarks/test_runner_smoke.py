@@ -26,6 +26,9 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     assert any("memory" in r for r in rows)
     assert "startup" in data and data["startup"]["import_s"] > 0
     assert "# gpuloss benchmark results" in md and "| mean_squared_error |" in md
+    costs = data["ceiling"]["costs_ns"]
+    assert all(costs["gpuloss"][f] > 0 for f in ("exp", "log", "log1p")), costs
+    assert "## exp/log ceiling" in md and "| binary_crossentropy_logits | 1 log1p + 1 exp |" in md
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -47,3 +50,33 @@ def test_numpy_formula_matches_gpuloss(case):
     want = float(LOSSES[case.fn_name].cls(**case.kwargs)(*inputs))
     got = float(NUMPY_FORMULAS[case.name](*inputs))
     assert got == pytest.approx(want, rel=2e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("case_name, calls", [
+    # Keras's formulas: log(p + ε) and log(1 - p + ε); max(x, 0) - x·z + log1p(exp(-|x|));
+    # log(p + ε) + log(t + ε) squared apart; one exp per logit and one log per row of 10
+    ("binary_crossentropy", {"log": 2}),
+    ("binary_crossentropy_logits", {"exp": 1, "log1p": 1}),
+    ("mean_squared_logarithmic_error", {"log": 2}),
+    ("poisson", {"log": 1}),
+    ("categorical_crossentropy_logits", {"exp": 1, "log": 0.1}),
+    ("mean_squared_error", {}),
+    ("huber", {}),
+])
+def test_ceiling_counts_the_calls_of_each_definition(case_name, calls):
+    from benchmarks.cases import CASES
+    from benchmarks.ceiling import calls_per_element
+    from gpuloss.registry import LOSSES
+
+    case = CASES[case_name]
+    inputs = make_inputs(case, 100)
+    plan = LOSSES[case.fn_name].body(*inputs, **case.kwargs, compat="keras2")
+    assert calls_per_element(plan.program, inputs[1].shape[-1]) == pytest.approx(calls)
+
+
+def test_ceiling_of_two_logs():
+    from benchmarks.ceiling import ceiling_gelem_s
+
+    # two threads, two 0.5 ns logs per element: 2 / 1 ns = 2 Gelem/s
+    assert ceiling_gelem_s({"log": 2.0}, {"log": 0.5}, 2) == pytest.approx(2.0)
+    assert ceiling_gelem_s({}, {"log": 0.5}, 2) is None
