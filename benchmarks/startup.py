@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -73,7 +74,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def measure_startup(losses=DEFAULT_LOSSES, repeats: int = 5, n: int = 1000, cold: bool = True) -> dict:
     """Medians (seconds) over ``repeats`` fresh processes; one cold process per loss."""
-    out: dict = {"repeats": repeats, "n": n, "python": sys.executable}
+    # the interpreter's version, not its path: results files are committed
+    out: dict = {"repeats": repeats, "n": n, "python": platform.python_version()}
     env = _env()
     no_np = [float(_run(_IMPORT.format(pre="pass"), env)) for _ in range(repeats)]
     with_np = [float(_run(_IMPORT.format(pre="import numpy"), env)) for _ in range(repeats)]
