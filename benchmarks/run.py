@@ -470,11 +470,16 @@ def run(opts: argparse.Namespace) -> dict:
 
 # ---- targets and report -------------------------------------------------------------------------------
 
+def rows_at(data: dict, n: int) -> dict[str, dict]:
+    """The result rows of size ``n`` by case name."""
+    return {r["case"]: r for r in data["results"] if r["requested_n"] == n}
+
+
 def evaluate_targets(data: dict) -> list[dict]:
     """One entry per (case, target) of the issue, from the rows at TARGET_SIZE and OVERHEAD_SIZE."""
     out = []
-    at = {r["case"]: r for r in data["results"] if r["requested_n"] == TARGET_SIZE}
-    small = {r["case"]: r for r in data["results"] if r["requested_n"] == OVERHEAD_SIZE}
+    at = rows_at(data, TARGET_SIZE)
+    small = rows_at(data, OVERHEAD_SIZE)
     ceilings = {k: v["ceiling_gelem_s"] for k, v in data.get("ceiling", {}).get("cases", {}).items()}
 
     def add(case, what, value, threshold, ok):
@@ -503,7 +508,7 @@ def evaluate_targets(data: dict) -> list[dict]:
         if "memory_fraction" in d:
             add(name, "extra memory / input ≤", d["memory_fraction"], TARGETS["all"]["memory_fraction"],
                 d["memory_fraction"] <= TARGETS["all"]["memory_fraction"])
-    larger = {r["case"]: r for r in data["results"] if r["requested_n"] == OVERHEAD_SIZE * 10}
+    larger = rows_at(data, OVERHEAD_SIZE * 10)
     for name, r in small.items():
         us = r["derived"]["gpuloss_us"]
         overhead = call_overhead_us(r, larger.get(name))
@@ -628,7 +633,7 @@ def render_markdown(data: dict, plots: list[str] | None = None) -> str:
               "overhead = the fixed cost of a gpuloss call, the intercept of its times at 1e3 and 1e4 elements "
               "(both serial kernels): the whole call minus 1e3 × the per-element slope.", ""]
     small = [r for r in rows if r["requested_n"] == OVERHEAD_SIZE]
-    larger = {r["case"]: r for r in rows if r["requested_n"] == OVERHEAD_SIZE * 10}
+    larger = rows_at(data, OVERHEAD_SIZE * 10)
     if small:
         head = ["loss", "gpuloss", "gpuloss overhead"] + libs + ["read"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -717,7 +722,7 @@ def render_ceiling(data: dict) -> list[str]:
         lines.append(f"| {f} | {_f(ns)} | {_f(numpy_ns.get(f))} |")
     lines += ["", "| loss | calls per element | ceiling Gelem/s | measured at 1e7 | measured / ceiling |",
               "|---|---|---|---|---|"]
-    at = {r["case"]: r for r in data["results"] if r["requested_n"] == TARGET_SIZE}
+    at = rows_at(data, TARGET_SIZE)
     for name, e in c["cases"].items():
         if e["ceiling_gelem_s"] is None:
             continue

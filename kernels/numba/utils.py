@@ -35,9 +35,9 @@ def _count_not_binary(rows):
 @njit(cache=True, nogil=True)
 def _count_not_binary_span(flat, lo, hi):
     """Nonzero if an element of flat[lo:hi] is outside {0, 1} (a count of positions, not of
-    elements: the two halves are read side by side). One read
-    stream per thread reached ~11 GB/s on 2 cores where two reach ~20 (1e7 float32 labels:
-    3.8 → 2.1 ms); the elementwise kernels read two inputs and so have two streams already."""
+    elements: the two halves are read side by side). One read stream per thread reached
+    ~11 GB/s on 2 cores where two reach ~20 (1e7 float32 labels: 3.8 → 2.1 ms); the
+    elementwise kernels read two inputs and so have two streams already."""
     h = (hi - lo) // 2
     first = flat[lo:lo + h]
     second = flat[lo + h:lo + 2 * h]
