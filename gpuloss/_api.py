@@ -161,8 +161,10 @@ def make_class(spec: LossSpec) -> type:
             raise TypeError(f"{spec.class_name} expects {', '.join(spec.inputs)} and optionally sample_weight")
         values = dict(zip(spec.inputs, args))
         values.update(self._fn_kwargs)
-        return _pipeline.evaluate(spec, values, self.compat, reduction=_effective(self.reduction),
-                                  sample_weight=sample_weight, is_class_call=True, backend=self.backend)
+        reduction = self.reduction
+        # positional: keyword passing cost ~1 µs of a ~10 µs repeated call (2-core EPYC)
+        return _pipeline.evaluate(spec, values, self.compat, "sum_over_batch_size" if reduction == "auto" else
+                                  reduction, sample_weight, True, self.backend)
 
     __init__.__signature__ = init_sig  # type: ignore[attr-defined]
     call_params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]

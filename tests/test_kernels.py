@@ -223,7 +223,7 @@ def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
             params[c] = r.uniform(0.1, 0.9, C)
         mod = K.kernel_module(program, dtype, K._column_params(params))
         pv = K._param_values(program, params)
-        arrs = K._arrays(program, arrays, labels)
+        arrs = K.kernel_arrays(program, arrays, labels)
         sp = K._sparse_args(program, 0 if program.sparse else None)  # label 0 ignored
         want_rows, got_rows = np.empty(R, dtype), np.empty(R, dtype)
         # the serial twins: the same generated code without prange, a quarter of the compile time
