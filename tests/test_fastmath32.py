@@ -356,7 +356,7 @@ def test_caller_fastmath_does_not_leak(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# the float64 log (kernels/numba/fastmath64.py) the finish terms use
+# the float64 log, exp and power (kernels/numba/fastmath64.py, vocab.power) of the float64 terms
 # ---------------------------------------------------------------------------
 def test_log64_within_one_ulp_and_vectorised() -> None:
     from gpuloss.kernels.numba.fastmath64 import log64
@@ -385,3 +385,64 @@ def test_log64_within_one_ulp_and_vectorised() -> None:
     assert np.signbit(out[-1]) == np.False_  # log(1) = +0
     ir = _ir(loop)
     assert re.search(r"<\d+ x double>", ir) and not _LIBM.search(ir)
+
+
+def test_exp64_within_one_ulp_and_vectorised() -> None:
+    from gpuloss.kernels.numba.fastmath64 import exp64
+
+    @njit(fastmath=_LOOSE, error_model="numpy")
+    def loop(x, out):
+        for i in range(x.size):
+            out[i] = exp64(x[i])
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([
+        rng.uniform(-745.5, 709.9, 2_000_000), rng.uniform(-1.0, 1.0, 1_000_000),
+        rng.uniform(-1e-9, 1e-9, 100_000), rng.uniform(-745.2, -707.0, 300_000),  # results in the subnormals
+        np.array([1.0, -1.0, 0.5, 709.78, -745.13, 1e-300]),
+    ])
+    got = np.empty_like(x)
+    loop(x, got)
+    with np.errstate(over="ignore"):
+        want = np.exp(x)
+    finite = np.isfinite(want) & (want != 0)
+    ulps = np.abs(got.view(np.int64) - want.view(np.int64))
+    assert ulps[finite].max() <= 1, x[finite][np.argmax(ulps[finite])]
+    np.testing.assert_array_equal(got[~finite], want[~finite])
+    special = np.array([0.0, -0.0, 709.79, 710.0, -745.14, -746.0, np.inf, -np.inf, np.nan])
+    out = np.empty_like(special)
+    loop(special, out)
+    np.testing.assert_array_equal(out, [1.0, 1.0, np.inf, np.inf, 0.0, 0.0, np.inf, 0.0, np.nan])
+    ir = _ir(loop)
+    assert re.search(r"<\d+ x double>", ir) and not _LIBM.search(ir)
+
+
+def test_float64_power_matches_c_pow_and_vectorises() -> None:
+    """The vocabulary's float64 power (exp64 of y·log64|x|): C pow's special cases, and
+    within |y ln x| · 2^-52 of libm (the focal losses' γ and the generalized CE's q)."""
+    from gpuloss.kernels.numba.vocab import power
+
+    @njit(fastmath=_LOOSE, error_model="numpy")
+    def loop(x, y, out):
+        for i in range(x.size):
+            out[i] = power(x[i], y[i])
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(0, 1, 500_000), rng.uniform(0, 100, 100_000), -rng.uniform(0, 10, 20_000),
+                        [0.0, 0.0, -0.0, 1.0, 1.0, -1.0, np.inf, np.inf, -np.inf, -np.inf, np.nan, np.nan, 2.0,
+                         -2.0, -8.0, -3.0, 9e15, -2.0]])
+    y = np.concatenate([rng.uniform(0, 4, 500_000), rng.uniform(-3, 3, 100_000),
+                        rng.integers(-4, 5, 20_000).astype(np.float64),
+                        [0.5, -0.5, 2.0, np.nan, 7.5, 0.5, 0.5, -0.5, 3.0, 2.0, 0.0, 1.0, 0.0, 3.0, 1 / 3, -3.0,
+                         0.5, 2.0**53 + 2]])
+    got = np.empty_like(x)
+    loop(x, y, got)
+    with np.errstate(all="ignore"):
+        want = np.power(x, y)
+        bound = (np.nan_to_num(np.abs(y * np.log(np.abs(x)))) + 2) * 2.0**-52  # pow(1, NaN) = 1 and so on
+    finite = np.isfinite(want) & (want != 0)
+    rel = np.abs(got[finite] - want[finite]) / np.abs(want[finite])
+    worst = np.argmax(rel / bound[finite])
+    assert rel[worst] <= bound[finite][worst], (x[finite][worst], y[finite][worst])
+    np.testing.assert_array_equal(got[~finite], want[~finite])
+    assert re.search(r"<\d+ x double>", _ir(loop))

@@ -182,17 +182,18 @@ def test_hinge_label_scan_sees_every_label(where, layout):
 
 
 _TILE_PARAMS = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.1, "gamma": 2.0,
-                "alpha": 0.25, "norm": 2.0, "margin": 1.0, "norm_floor": 1e-12, "label_classes": 4.0}
+                "alpha": 0.25, "norm": 2.0, "margin": 1.0, "norm_floor": 1e-12, "label_classes": 4.0, "q": 0.7}
 
 
 def _tile_cases():
     """One program of each shape the tile kernels meet (each case compiles four kernels from
     cold in CI, so not every program): max then online sums, a sparse program, two passes
-    with per-column parameters, sum + max in one pass, three sums, three inputs."""
+    with per-column parameters, sum + max in one pass, three sums, three inputs, no pass."""
     from gpuloss.losses import hinge as H, metric_learning as M, probabilistic as P, similarity as S
 
     return [(P.CCE_LOGITS, (), "float32"), (P.SCCE_LOGITS, (), "float32"), (P.CFCE_PROBS, ("alpha",), "float32"),
-            (H.CATEGORICAL_HINGE, (), "float32"), (S.COSINE, (), "float64"), (M.TRIPLET, (), "float32")]
+            (H.CATEGORICAL_HINGE, (), "float32"), (S.COSINE, (), "float64"), (M.TRIPLET, (), "float32"),
+            (P.GCE, (), "float64")]
 
 
 @pytest.mark.parametrize("program,colp,dtype", _tile_cases(), ids=lambda v: getattr(v, "name", None) or str(v))
@@ -244,4 +245,4 @@ def test_short_rows_run_the_tile_kernels():
 
     assert K._use_tiles(P.CCE_LOGITS, 10) and K._use_tiles(P.SCCE_LOGITS, codegen.TILE_MAX_C)
     assert not K._use_tiles(P.CCE_LOGITS, codegen.TILE_MAX_C + 1)
-    assert not K._use_tiles(P.GCE, 10)  # no pass: nothing to tile
+    assert K._use_tiles(P.GCE, 10) and K._use_tiles(P.GCE, 1000)  # no pass: no tile to copy, any row length

@@ -147,7 +147,7 @@ def _use_chunks(program: RowProgram, R: int, C: int) -> bool:
 
 
 def _use_tiles(program: RowProgram, C: int) -> bool:
-    return C <= codegen.TILE_MAX_C and codegen.tile_ok(program)
+    return codegen.tile_ok(program) and codegen.tile_fits(program, C)
 
 
 def _flattenable(program: RowProgram) -> bool:
@@ -237,7 +237,7 @@ def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | 
     suffix = "ser" if R * C < SERIAL_BELOW else "par"
     if C == 1 and flat_ok:
         return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _no_bad_labels)
-    kernel = "tile_rows" if bound.tiled and C <= codegen.TILE_MAX_C else "rows"
+    kernel = "tile_rows" if bound.tiled and codegen.tile_fits(program, C) else "rows"
     return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count)
 
 
@@ -306,7 +306,7 @@ def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
     suffix = "ser" if R * C < SERIAL_BELOW else "par"
     if (w_step == 0 or C == 1) and flat_ok:
         return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"))
-    kernel = "tile_reduce" if bound.tiled and C <= codegen.TILE_MAX_C else "reduce"
+    kernel = "tile_reduce" if bound.tiled and codegen.tile_fits(program, C) else "reduce"
     return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple)
 
 

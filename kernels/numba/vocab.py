@@ -110,7 +110,20 @@ def _power(x, y):
             r = (np.float32(0.0) if y > 0 else np.float32(np.inf)) if x == 0 else r
             return np.float32(1.0) if (y == 0 or x == 1) else r
         return impl32
-    return lambda x, y: x ** y
+
+    def impl64(x, y):
+        # the same with the vectorisable float64 exp/log (libm's pow kept the loop scalar).
+        # Odd integers are found in float arithmetic: y/2 is exact below 2^53 and every
+        # float64 from 2^53 up is even (an int64 conversion and remainder kept the loop scalar)
+        r = _f64.exp64(y * _f64.log64(abs(x)))
+        integer = y == np.floor(y)
+        half = y * 0.5
+        odd = integer & (abs(y) < 9007199254740992.0) & (half != np.floor(half))
+        r = -r if (x < 0 and odd) else r
+        r = np.nan if (x < 0 and not integer) else r
+        r = (0.0 if y > 0 else np.inf) if x == 0 else r
+        return 1.0 if (y == 0 or x == 1) else r
+    return impl64
 
 
 @overload(sigmoid, inline="always")
