@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _backend
 from .partial import Partial, reduced_value
-from .program import Plan
+from .program import Guessable, Plan
 
 __all__ = ["epsilon", "set_epsilon", "REDUCTIONS", "check_reduction", "evaluate", "as_array"]
 
@@ -506,15 +506,25 @@ class _CallPlan:
         self._bound: dict[tuple, Any] = {}
 
     def bound(self, arrays):
-        """The bound kernels for these (laid-out) arrays; ``plan.prepare`` looks at the data."""
+        """The bound kernels for these (laid-out) arrays; ``plan.prepare`` looks at the data
+        (a Guessable one only at part of it, where the program's kernels check the rest)."""
         plan = self.plan
         if self._static is None:
             self._static = _static_params(plan, self.dtype, next(iter(arrays.values())).shape[1])
-        extra = plan.prepare(arrays) if plan.prepare is not None else {}
-        key = tuple(extra.items())
+        prepare = plan.prepare
+        otherwise = None
+        if prepare is None:
+            extra = {}
+        elif isinstance(prepare, Guessable) and plan.program.check is not None:
+            extra, otherwise = prepare.guess(arrays)
+        else:
+            extra = prepare(arrays)
+        key = (tuple(extra.items()), None if otherwise is None else tuple(otherwise.items()))
         b = self._bound.get(key)
         if b is None:
-            b = _backend.numba_kernels().bind(plan.program, _DTYPE_NAMES[self.dtype], {**self._static, **extra})
+            static = self._static
+            b = _backend.numba_kernels().bind(plan.program, _DTYPE_NAMES[self.dtype], {**static, **extra},
+                                              None if otherwise is None else {**static, **otherwise})
             self._bound[key] = b
         return b
 
@@ -593,10 +603,10 @@ class _Repeat:
             bound = self.call.bound(dict(zip(self.elements, arrs)))
         if self.rows:
             out = np.empty(self.batch, dtype=bound.dtype)
-            if self.route(arrs, (out.reshape(-1),), bound.values):
+            if self.route(arrs, (out.reshape(-1),), bound):
                 return None
             return out if out.dtype == self.out_dtype else out.astype(self.out_dtype)
-        swl, _, count, nbad = self.route(arrs, (_backend.numba_kernels().UNIT_WEIGHT, 0), bound.values)
+        swl, _, count, nbad = self.route(arrs, (_backend.numba_kernels().UNIT_WEIGHT, 0), bound)
         if nbad:
             return None
         if not self.batch:  # one value: every reduction returns it

@@ -124,6 +124,10 @@ class RowProgram:
     sparse: bool = False
     #: ``finish`` is ``s / n`` or ``s`` of a single Sum: rows can be fused into a flat sweep.
     flat_scale: str | None = None
+    #: A condition on the data that a guessed parameter rests on, which the flat sweep checks
+    #: while it sums (see :class:`Guessable`): "binary_labels", every element of ``t`` is 0
+    #: or 1 (Hinge's batch-global label rule).
+    check: str | None = None
 
     @property
     def terms(self) -> list[Term]:
@@ -155,7 +159,7 @@ class RowProgram:
     def fingerprint(self) -> str:
         """A hash of everything that shapes the generated code (computed once)."""
         h = hashlib.sha256()
-        h.update(repr((self.name, self.elements, self.sparse, self.flat_scale)).encode())
+        h.update(repr((self.name, self.elements, self.sparse, self.flat_scale, self.check)).encode())
         for p in self.passes:
             h.update(repr([(n, s.kind, s.term.name) for n, s in p]).encode())
         for t in self.terms:
@@ -185,7 +189,8 @@ def row_sum(s):
     return s
 
 
-def elementwise(element_term: Term, reduce: str = "mean", name: str | None = None) -> RowProgram:
+def elementwise(element_term: Term, reduce: str = "mean", name: str | None = None,
+                check: str | None = None) -> RowProgram:
     """The common shape: one Sum of ``element_term`` per row, then its mean or sum."""
     finish = row_mean if reduce == "mean" else row_sum
     elements = tuple(a for a in element_term.args if a in ELEMENT_NAMES)
@@ -197,7 +202,28 @@ def elementwise(element_term: Term, reduce: str = "mean", name: str | None = Non
         passes=((("s", Sum(element_term)),),),
         finish=finish,
         flat_scale=reduce,
+        check=check,
     )
+
+
+class Guessable:
+    """A ``prepare`` (see :class:`Plan`) whose answer a look at part of the data can guess.
+
+    Called, it is ``prepare``: it reads all the data it needs. ``guess(arrays)`` returns
+    ``(params, otherwise)``: ``params`` from part of the data, and ``otherwise`` None where
+    that part settles the answer, else the parameters that apply if the program's ``check``
+    finds a violation anywhere. A backend whose kernels count the check while they sum runs
+    once with the guess and again with ``otherwise`` only where the count is not zero: Hinge's
+    {0, 1} → {-1, 1} rule then costs no pass over the labels of its own.
+    """
+
+    def __init__(self, prepare: Callable[..., Mapping[str, float]],
+                 guess: Callable[..., tuple[Mapping[str, float], Mapping[str, float] | None]]):
+        self.prepare, self.guess = prepare, guess
+        functools.update_wrapper(self, prepare)
+
+    def __call__(self, arrays):
+        return self.prepare(arrays)
 
 
 @dataclass

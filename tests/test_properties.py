@@ -868,6 +868,31 @@ def test_repeated_shape_decides_the_label_rule_per_call(gpuloss, fn):
             np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
+@pytest.mark.parametrize("C", [1, 5])
+def test_hinge_label_rule_over_the_whole_batch(gpuloss, C):
+    """The {0, 1} → {-1, 1} rule is guessed from the first labels and checked by the flat
+    kernels as they sum (other kernels check first): a non-binary label far past the guessed
+    part, ±1 labels sorted ones first, Fortran-ordered inputs (no flat kernel) and weights
+    per row (row kernels) all follow the rule over the whole batch."""
+    rng = np.random.default_rng(9)
+    n = 100_000
+    p = rng.normal(size=(n // C, C)).astype(F32)
+    binary = (rng.random((n // C, C)) < 0.5).astype(F32)
+    late = binary.copy()
+    late.reshape(-1)[-3] = 0.5
+    sorted_signed = np.sort(2 * binary - 1, axis=None)[::-1].reshape(binary.shape).copy()
+    w = rng.random(n // C).astype(F32)
+    for name, y, pred in (("binary", binary, p), ("signed", 2 * binary - 1, p), ("late non-binary", late, p),
+                          ("sorted ±1", sorted_signed, p), ("Fortran", np.asfortranarray(late), np.asfortranarray(p))):
+        for fn in ("hinge", "squared_hinge"):
+            want = ref.REFERENCES[fn](y, pred)
+            cls = getattr(gpuloss, ref.CLASS_NAMES[fn])
+            for got, expected in ((getattr(gpuloss, fn)(y, pred), want), (cls()(y, pred), want.mean()),
+                                  (cls(reduction="sum")(y, pred), want.sum()),
+                                  (cls()(y, pred, sample_weight=w), (want * w).sum() / want.size)):
+                np.testing.assert_allclose(got, expected, rtol=2e-6, err_msg=f"{fn} {name} C={C}")
+
+
 @pytest.mark.parametrize("ignore_class", [None, 1])
 def test_repeated_shape_still_raises_on_bad_labels(gpuloss, ignore_class):
     """A shape seen before with good labels still raises for out-of-range labels."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _backend
-from ..program import Max, Plan, RowProgram, Sum, elementwise, term
+from ..program import Guessable, Max, Plan, RowProgram, Sum, elementwise, term
 from ..registry import loss
 from ..vocab import maximum
 
@@ -39,8 +39,8 @@ def categorical_hinge_finish(positive, negative):
     return maximum(negative - positive + 1, 0)
 
 
-HINGE = elementwise(hinge_term)
-SQUARED_HINGE = elementwise(squared_hinge_term)
+HINGE = elementwise(hinge_term, check="binary_labels")
+SQUARED_HINGE = elementwise(squared_hinge_term, check="binary_labels")
 CATEGORICAL_HINGE = RowProgram("categorical_hinge", ("t", "p"),
                                ((("positive", Sum(label_times_pred)), ("negative", Max(negative_times_pred))),),
                                categorical_hinge_finish)
@@ -50,9 +50,24 @@ _SIGNED = {"label_scale": 2.0, "label_shift": -1.0}
 _PLAIN = {"label_scale": 1.0, "label_shift": 0.0}
 
 
-def _binary_to_signed(arrays):
+def _all_binary(arrays):
     """Keras converts {0, 1} labels to {-1, 1} only if *every* label of the batch is 0 or 1."""
     return dict(_SIGNED if _backend.all_zero_or_one(arrays["t"]) else _PLAIN)
+
+
+#: labels the guess looks at (a non-binary one among them settles the rule: ±1 labels)
+_GUESS_ELEMENTS = 1 << 13
+
+
+def _guess_binary(arrays):
+    t = arrays["t"]
+    head = t[:max(1, _GUESS_ELEMENTS // max(1, t.shape[1]))]
+    if not _backend.all_zero_or_one(head):
+        return dict(_PLAIN), None
+    return dict(_SIGNED), dict(_PLAIN)
+
+
+_binary_to_signed = Guessable(_all_binary, _guess_binary)
 
 
 @loss("Hinge")

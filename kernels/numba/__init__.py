@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 from ...program import RowProgram  # noqa: E402
 from . import codegen  # noqa: E402
 
-__all__ = ["cache_dir", "kernel_module", "Bound", "bind", "rows", "reduce", "rows_route", "reduce_route",
+__all__ = ["cache_dir", "kernel_module", "Bound", "bind", "settled", "rows", "reduce", "rows_route", "reduce_route",
            "kernel_arrays", "flat_ok", "Route", "UNIT_WEIGHT", "SERIAL_BELOW"]
 
 #: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
@@ -160,9 +160,10 @@ class Bound:
     kernels' trailing arguments, worked out once (the pipeline keeps one per call shape, so a
     repeated call skips the look-ups: ~5 µs of a ~20 µs call at 1e3 elements)."""
 
-    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled")
+    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "otherwise")
 
-    def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object]):
+    def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object],
+                 otherwise: "Bound | None" = None):
         self.program = program
         self.dtype = dtype
         self.column_params = _column_params(params)
@@ -170,11 +171,32 @@ class Bound:
         self.values = _param_values(program, params)
         self.flat = not self.column_params and _flattenable(program)
         self.tiled = codegen.tile_ok(program)
+        #: where ``params`` are a guess (see gpuloss.program.Guessable): the binding that
+        #: applies if the program's check fails somewhere in the data
+        self.otherwise = otherwise
 
 
-def bind(program: RowProgram, dtype: str, params: Mapping[str, object]) -> Bound:
-    """``program``'s kernels for compute dtype ``dtype`` ("float32", "float64") and ``params``."""
-    return Bound(program, dtype, params)
+def bind(program: RowProgram, dtype: str, params: Mapping[str, object],
+         otherwise: Mapping[str, object] | None = None) -> Bound:
+    """``program``'s kernels for compute dtype ``dtype`` ("float32", "float64") and ``params``
+    (a guess that holds where the program's check holds, else ``otherwise``)."""
+    return Bound(program, dtype, params, None if otherwise is None else Bound(program, dtype, otherwise))
+
+
+def _check_holds(program: RowProgram, arrays: Mapping[str, np.ndarray]) -> bool:
+    """The program's check over all the data, in a pass of its own (kernels that do not count it)."""
+    if program.check == "binary_labels":
+        from .utils import all_zero_or_one
+
+        return all_zero_or_one(arrays["t"])
+    raise ValueError(f"unknown check {program.check!r}")
+
+
+def settled(bound: Bound, arrays: Mapping[str, np.ndarray]) -> Bound:
+    """``bound`` without a guess: checked over the data where it is one."""
+    if bound.otherwise is None:
+        return bound
+    return bound if _check_holds(bound.program, arrays) else bound.otherwise
 
 
 def flat_ok(bound: Bound, arrays) -> bool:
@@ -208,17 +230,41 @@ class Route:
     once per call shape: the pipeline keeps routes for repeated calls (choosing the kernel and
     formatting its name cost ~5 µs of a ~30 µs call at 1e3 elements on a 2-core EPYC)."""
 
-    __slots__ = ("kernel", "flatten", "sparse", "finish")
+    __slots__ = ("kernel", "flatten", "sparse", "finish", "checks", "t_index")
 
-    def __init__(self, kernel, flatten: bool, sparse: tuple, finish):
+    def __init__(self, kernel, flatten: bool, sparse: tuple, finish, checks: bool = False, t_index: int = 0):
         self.kernel, self.flatten, self.sparse, self.finish = kernel, flatten, sparse, finish
+        #: the kernel counts the program's check (its result's bad-label count is that count)
+        self.checks, self.t_index = checks, t_index
 
-    def __call__(self, arrs: list, leading: tuple, values: list):
+    def __call__(self, arrs: list, leading: tuple, bound: Bound):
         """The kernel on ``arrs`` (in :func:`kernel_arrays` order), then ``leading`` (the output
-        or the weights), the sparse-label arguments and the bound parameter ``values``."""
+        or the weights), the sparse-label arguments and ``bound``'s parameters. A guessed
+        binding runs once where the kernel counts its check and the count is 0, else again
+        with the binding that applies; kernels that do not count it check first."""
+        if bound.otherwise is not None and not self.checks:
+            bound = settled(bound, {"t": arrs[self.t_index]})
         if self.flatten:
             arrs = [a.reshape(-1) for a in arrs]
-        return self.finish(self.kernel(*arrs, *leading, *self.sparse, *values))
+        result = self.finish(self.kernel(*arrs, *leading, *self.sparse, *bound.values))
+        if not self.checks:
+            return result
+        if bound.otherwise is not None and _violations(result):
+            result = self.finish(self.kernel(*arrs, *leading, *self.sparse, *bound.otherwise.values))
+        return _without_violations(result)
+
+
+def _violations(result) -> int:
+    return result[3] if isinstance(result, tuple) else result
+
+
+def _without_violations(result):
+    return (*result[:3], 0) if isinstance(result, tuple) else 0
+
+
+def _t_index(program: RowProgram) -> int:
+    """Where y_true is among the kernel arrays (read by a check: programs with one read ``t``)."""
+    return program.elements.index("t") if program.check is not None else 0
 
 
 def _as_count(nbad):
@@ -235,10 +281,14 @@ def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | 
     if _use_chunks(program, R, C):
         return None
     suffix = "ser" if R * C < SERIAL_BELOW else "par"
+    t_index = _t_index(program)
     if C == 1 and flat_ok:
-        return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _no_bad_labels)
+        checks = program.check is not None
+        return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _as_count if checks else _no_bad_labels,
+                     checks, t_index)
     kernel = "tile_rows" if bound.tiled and codegen.tile_fits(program, C) else "rows"
-    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count)
+    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count,
+                 False, t_index)
 
 
 def rows(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, ignore_class: int | None = None):
@@ -251,12 +301,13 @@ def rows(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, ignore_cla
     arrs = kernel_arrays(program, arrays, labels)
     route = rows_route(bound, R, C, flat_ok(bound, arrays), ignore_class)
     if route is None:
+        pv = settled(bound, arrays).values
         sp = _sparse_args(program, ignore_class)
         stats = _chunked_stats(mod, program, arrs, pv)
         valid = np.ones(R, dtype=bool)
         nbad = mod.chunk_finish(*arrs, stats, out, valid, *sp, *pv)
         return out, (valid if ignore_class is not None else None), nbad
-    nbad = route(arrs, (out,), pv)
+    nbad = route(arrs, (out,), bound)
     valid = None
     if ignore_class is not None:
         valid = _valid_mask(labels, ignore_class)
@@ -284,12 +335,12 @@ class _FlatFinish:
         self.R, self.C, self.mean = float(R), C, mean
 
     def __call__(self, result):
-        swl, sw = result
+        swl, sw = result[0], result[1]
         if self.C > 1:
             sw = sw / self.C
             if self.mean:
                 swl = swl / self.C
-        return swl, sw, self.R, 0
+        return swl, sw, self.R, (int(result[2]) if len(result) > 2 else 0)  # the check's count
 
 
 def _as_triple(result):
@@ -304,10 +355,13 @@ def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
     if _use_chunks(program, R, C):
         return None
     suffix = "ser" if R * C < SERIAL_BELOW else "par"
+    t_index = _t_index(program)
     if (w_step == 0 or C == 1) and flat_ok:
-        return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"))
+        return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"),
+                     program.check is not None, t_index)
     kernel = "tile_reduce" if bound.tiled and codegen.tile_fits(program, C) else "reduce"
-    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple)
+    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple,
+                 False, t_index)
 
 
 def reduce(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, weights: np.ndarray | None = None,
@@ -332,4 +386,4 @@ def reduce(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, weights:
             L, w = L[valid], w[valid]
         wl = w * L.astype(np.float64)
         return float(wl.sum()), float(w.sum()), float(L.size), int(nbad)
-    return route(kernel_arrays(program, arrays, labels), (weights, w_step), bound.values)
+    return route(kernel_arrays(program, arrays, labels), (weights, w_step), bound)

@@ -270,9 +270,26 @@ class _Gen:
             f"    return totals4(part)\n"
         )
 
+    def flat_check(self, ind: str) -> str:
+        """The program's check inside the term loop (``off`` ends up nonzero where it fails):
+        Hinge's labels outside {0, 1}, found in the loop that reads them anyway instead of in a
+        scan of their own. 1e7 binary labels, 2-core EPYC: 8.3 ms with the scan, 6.6 with the
+        check in a loop of its own after each chunk, 5.8 in the term loop (5.1 without it)."""
+        if self.p.check is None:
+            return ""
+        if self.p.check != "binary_labels":
+            raise ValueError(f"unknown check {self.p.check!r}")
+        return f"{ind}off |= (t_v[j] != 0) & (t_v[j] != 1)\n"
+
     def flat_kernels(self, suffix: str, parallel: bool) -> str:
+        """``flat_reduce``/``flat_rows``: the rows fused into one sweep. With a ``check`` both
+        also return a count that is nonzero where it fails (blocks with a violation; without
+        one flat_reduce returns its two sums, flat_rows nothing)."""
         (name, st), = self.p.passes[0]
         call = self._call(st.term, "e_", "_T", "j", None)
+        checked = self.p.check is not None
+        reduce_return = "    s0, s1 = totals2(part)\n    return s0, s1, offs.sum()\n" if checked else \
+            "    return totals2(part)\n"
         return (
             f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def flat_reduce_{suffix}({self.array_args()}, w_arr, w_step{self.param_args()}):\n"
@@ -280,22 +297,26 @@ class _Gen:
             f"{self.param_setup('    ')}"
             f"    nb = (N + BLOCK - 1) // BLOCK\n"
             f"    part = np.zeros((nb, 2))\n"
+            + ("    offs = np.zeros(nb, dtype=np.int64)\n" if checked else "") +
             f"    for b in prange(nb):\n"
             f"        buf = np.empty(BUF, dtype=_T)\n"
             f"        wbuf = np.empty(BUF)\n"
             f"        swl = 0.0\n"
             f"        sw = 0.0\n"
+            + ("        off = False\n" if checked else "") +
             f"        for q0 in range(b * BLOCK, min(N, (b + 1) * BLOCK), BUF):\n"
             f"            q1 = min(N, q0 + BUF)\n"
             f"{self.slices('            ', '', 'q0:q1')}"
             f"            if w_step == 0:\n"
             f"                for j in range(q1 - q0):\n"
             f"                    buf[j] = {call}\n"
+            f"{self.flat_check('                    ')}"
             f"                swl += sum64(buf, q1 - q0)\n"
             f"            else:\n"
             f"                w_v = w_arr[q0:q1]\n"
             f"                for j in range(q1 - q0):\n"
             f"                    wbuf[j] = _F(w_v[j]) * _F({call})\n"
+            f"{self.flat_check('                    ')}"
             f"                swl += sum64(wbuf, q1 - q0)\n"
             f"                sw += sum64(w_v, q1 - q0)\n"
             f"        if w_step == 0:\n"
@@ -304,19 +325,24 @@ class _Gen:
             f"            swl *= w\n"
             f"        part[b, 0] = swl\n"
             f"        part[b, 1] = sw\n"
-            f"    return totals2(part)\n\n\n"
+            + ("        offs[b] = off\n" if checked else "") +
+            reduce_return + "\n\n"
             f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')\n"
             f"def flat_rows_{suffix}({self.array_args()}, out{self.param_args()}):\n"
             f"    N = out.shape[0]\n"
             f"{self.param_setup('    ')}"
             f"    nb = (N + BLOCK - 1) // BLOCK\n"
+            + ("    offs = np.zeros(nb, dtype=np.int64)\n" if checked else "") +
             f"    for b in prange(nb):\n"
             f"        lo = b * BLOCK\n"
             f"        hi = min(N, lo + BLOCK)\n"
+            + ("        off = False\n" if checked else "") +
             f"{self.slices('        ', '', 'lo:hi')}"
             f"        out_v = out[lo:hi]\n"
             f"        for j in range(hi - lo):\n"
             f"            out_v[j] = {call}\n"
+            f"{self.flat_check('            ')}"
+            + ("        offs[b] = off\n    return offs.sum()\n" if checked else "")
         )
 
     def tile_kernels(self, suffix: str, parallel: bool) -> str:
