@@ -358,13 +358,19 @@ def test_caller_fastmath_does_not_leak(name: str) -> None:
 # ---------------------------------------------------------------------------
 # the float64 log, exp and power (kernels/numba/fastmath64.py, vocab.power) of the float64 terms
 # ---------------------------------------------------------------------------
-def test_log64_within_one_ulp_and_vectorised() -> None:
-    from gpuloss.kernels.numba.fastmath64 import log64
-
+def _unary_loop(f):
+    """A jitted loop applying the float64 function ``f`` (under a caller's loose flags)."""
     @njit(fastmath=_LOOSE, error_model="numpy")
     def loop(x, out):
         for i in range(x.size):
-            out[i] = log64(x[i])
+            out[i] = f(x[i])
+    return loop
+
+
+def test_log64_within_one_ulp_and_vectorised() -> None:
+    from gpuloss.kernels.numba.fastmath64 import log64
+
+    loop = _unary_loop(log64)
 
     rng = np.random.default_rng(4)
     x = np.concatenate([
@@ -390,10 +396,7 @@ def test_log64_within_one_ulp_and_vectorised() -> None:
 def test_exp64_within_one_ulp_and_vectorised() -> None:
     from gpuloss.kernels.numba.fastmath64 import exp64
 
-    @njit(fastmath=_LOOSE, error_model="numpy")
-    def loop(x, out):
-        for i in range(x.size):
-            out[i] = exp64(x[i])
+    loop = _unary_loop(exp64)
 
     rng = np.random.default_rng(5)
     x = np.concatenate([

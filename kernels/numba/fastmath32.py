@@ -194,32 +194,46 @@ def _fma(typingctx, a, b, c):
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
-@intrinsic
-def _rint(typingctx, x):
-    """Round to nearest integer, ties to even (llvm.rint.f32 -> vrndscaleps)."""
-    if x != types.float32:
-        return None
+def rint_intrinsic(nbtype, irtype, llvm_name: str):
+    """An intrinsic rounding to the nearest integer, ties to even (``llvm_name``, llvm.rint.*:
+    vrndscaleps/pd), for floats of Numba type ``nbtype`` (LLVM type ``irtype``)."""
 
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_F32, [_F32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.rint.f32")
-        return builder.call(fn, args)
+    @intrinsic
+    def rint(typingctx, x):
+        if x != nbtype:
+            return None
 
-    return types.float32(types.float32), codegen
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(irtype, [irtype])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, llvm_name)
+            return builder.call(fn, args)
+
+        return nbtype(nbtype), codegen
+
+    return rint
 
 
-@intrinsic
-def _pow2(typingctx, n):
-    """2**n as float32 for an integral float32 n in [-126, 127]."""
-    if n != types.float32:
-        return None
+def pow2_intrinsic(nbtype, irtype, inttype, bias: int, mantissa_bits: int):
+    """An intrinsic giving 2**n for an integral float n within the normal exponents
+    ([1 - bias, bias]): the bits of the power, built directly."""
 
-    def codegen(context, builder, sig, args):
-        i = builder.fptosi(args[0], _I32)
-        bits = builder.shl(builder.add(i, ir.Constant(_I32, 127)), ir.Constant(_I32, 23))
-        return builder.bitcast(bits, _F32)
+    @intrinsic
+    def pow2(typingctx, n):
+        if n != nbtype:
+            return None
 
-    return types.float32(types.float32), codegen
+        def codegen(context, builder, sig, args):
+            i = builder.fptosi(args[0], inttype)
+            bits = builder.shl(builder.add(i, ir.Constant(inttype, bias)), ir.Constant(inttype, mantissa_bits))
+            return builder.bitcast(bits, irtype)
+
+        return nbtype(nbtype), codegen
+
+    return pow2
+
+
+_rint = rint_intrinsic(types.float32, _F32, "llvm.rint.f32")
+_pow2 = pow2_intrinsic(types.float32, _F32, _I32, 127, 23)  # n in [-126, 127]
 
 
 # bits of sqrt(1/2) rounded to float32; the mantissa split below puts m in

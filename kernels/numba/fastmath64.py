@@ -45,8 +45,9 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .fastmath32 import pow2_intrinsic, rint_intrinsic
 
 __all__ = ["log64", "exp64"]
 
@@ -79,32 +80,8 @@ def _split_sqrt2(typingctx, x):
     return retty(types.float64), codegen
 
 
-@intrinsic
-def _rint64(typingctx, x):
-    """Round to nearest integer, ties to even (llvm.rint.f64)."""
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_F64, [_F64])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.rint.f64")
-        return builder.call(fn, args)
-
-    return types.float64(types.float64), codegen
-
-
-@intrinsic
-def _pow2_64(typingctx, n):
-    """2**n as float64 for an integral float64 n in [-1022, 1023]."""
-    if n != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i = builder.fptosi(args[0], _I64)
-        bits = builder.shl(builder.add(i, ir.Constant(_I64, 1023)), ir.Constant(_I64, 52))
-        return builder.bitcast(bits, _F64)
-
-    return types.float64(types.float64), codegen
+_rint64 = rint_intrinsic(types.float64, _F64, "llvm.rint.f64")
+_pow2_64 = pow2_intrinsic(types.float64, _F64, _I64, 1023, 52)  # n in [-1022, 1023]
 
 
 _ZERO = 0.0
