@@ -593,7 +593,7 @@ class _Repeat:
     kernel's route and either its bound parameters or (Hinge) the plan that binds them per call."""
 
     __slots__ = ("sources", "elements", "route", "call", "bound", "rows", "reduction", "compat", "masked",
-                 "batch", "out_dtype")
+                 "batch", "out_dtype", "unweighted")
 
     def __call__(self, values: dict[str, Any]):
         """The result, or None where the general path must decide (bad labels: it raises)."""
@@ -606,7 +606,7 @@ class _Repeat:
             if self.route(arrs, (out.reshape(-1),), bound):
                 return None
             return out if out.dtype == self.out_dtype else out.astype(self.out_dtype)
-        swl, _, count, nbad = self.route(arrs, (_backend.numba_kernels().UNIT_WEIGHT, 0), bound)
+        swl, _, count, nbad = self.route(arrs, self.unweighted, bound)
         if nbad:
             return None
         if not self.batch:  # one value: every reduction returns it
@@ -645,6 +645,7 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     r.bound = None if call.plan.prepare is not None else bound
     r.masked = call.plan.ignore_class is not None
     r.batch, r.out_dtype = tuple(batch), out_dtype
+    r.unweighted = (kernels.UNIT_WEIGHT, 0)  # the reduce kernels' weights and weight step
     if len(_REPEATS) >= _REPEATS_MAX:
         _REPEATS.clear()
     _REPEATS[key] = r

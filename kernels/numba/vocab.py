@@ -96,34 +96,33 @@ def _clip(x, lo, hi):
     return impl
 
 
+def _power_impl(exp_, log_, f, evens_from: float):
+    """C pow semantics (see gpuloss.vocab.power) with the vectorisable exp/log of one float
+    type ``f``: |x|**y = exp(y*log|x|), negated for a negative x and odd integer y. Odd
+    integers are found in float arithmetic: y/2 is exact below ``evens_from`` (2^mantissa
+    bits) and every float from there up is even (an int64 conversion and remainder kept the
+    float64 loop scalar; libm's pow, called before, did too)."""
+    zero, one, half, nan, inf, big = f(0.0), f(1.0), f(0.5), f(np.nan), f(np.inf), f(evens_from)
+
+    def impl(x, y):
+        r = exp_(y * log_(abs(x)))
+        integer = y == np.floor(y)
+        h = y * half
+        odd = integer & (abs(y) < big) & (h != np.floor(h))
+        r = -r if (x < zero and odd) else r
+        r = nan if (x < zero and not integer) else r
+        r = (zero if y > zero else inf) if x == zero else r
+        return one if (y == zero or x == one) else r
+    return impl
+
+
+_POWER32 = _power_impl(_f32.exp32, _f32.log32, np.float32, 2.0**24)
+_POWER64 = _power_impl(_f64.exp64, _f64.log64, np.float64, 2.0**53)
+
+
 @overload(power, inline="always")
 def _power(x, y):
-    if _is32(x):
-        def impl32(x, y):
-            # C pow semantics (see gpuloss.vocab.power) with the vectorisable exp/log:
-            # |x|**y = exp(y*log|x|), negated for a negative x and odd integer y
-            r = _f32.exp32(y * _f32.log32(abs(x)))
-            integer = y == np.floor(y)
-            odd = integer and abs(y) < np.float32(16777216.0) and np.int64(y) % 2 != 0
-            r = -r if (x < 0 and odd) else r
-            r = np.float32(np.nan) if (x < 0 and not integer) else r
-            r = (np.float32(0.0) if y > 0 else np.float32(np.inf)) if x == 0 else r
-            return np.float32(1.0) if (y == 0 or x == 1) else r
-        return impl32
-
-    def impl64(x, y):
-        # the same with the vectorisable float64 exp/log (libm's pow kept the loop scalar).
-        # Odd integers are found in float arithmetic: y/2 is exact below 2^53 and every
-        # float64 from 2^53 up is even (an int64 conversion and remainder kept the loop scalar)
-        r = _f64.exp64(y * _f64.log64(abs(x)))
-        integer = y == np.floor(y)
-        half = y * 0.5
-        odd = integer & (abs(y) < 9007199254740992.0) & (half != np.floor(half))
-        r = -r if (x < 0 and odd) else r
-        r = np.nan if (x < 0 and not integer) else r
-        r = (0.0 if y > 0 else np.inf) if x == 0 else r
-        return 1.0 if (y == 0 or x == 1) else r
-    return impl64
+    return _POWER32 if _is32(x) else _POWER64
 
 
 @overload(sigmoid, inline="always")
