@@ -20,6 +20,8 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     md = (tmp_path / "results.md").read_text()
     assert data["meta"]["machine"]["cores"] >= 1 and data["meta"]["versions"]["gpuloss"]
+    isa = data["meta"]["machine"]["vector_isa"]
+    assert isa and f"({isa})" in md.splitlines()[3], isa
     rows = data["results"]
     assert rows and all("gpuloss" in r["timings"] and r["timings"]["gpuloss"]["median_s"] > 0 for r in rows)
     assert all("numpy" in r["timings"] for r in rows), [r["mismatches"] for r in rows]
