@@ -270,8 +270,10 @@ def _vector_isa() -> str:
     except Exception:
         return platform.machine()
     if features.get("avx512f"):
-        wide = "-prefer-256-bit" in os.environ.get("NUMBA_CPU_FEATURES", "")
-        return "AVX-512, " + ("512" if wide else "256") + "-bit vectors"
+        chosen = os.environ.get("NUMBA_CPU_FEATURES", "")
+        width = ("512-bit vectors" if "-prefer-256-bit" in chosen else
+                 "256-bit vectors" if "+prefer-256-bit" in chosen else "LLVM's vector width for the CPU")
+        return "AVX-512, " + width
     return "AVX2" if features.get("avx2") else platform.machine()
 
 
@@ -336,7 +338,8 @@ def machine_info() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
-    return {"cpu": _cpu_model(), "vector_isa": _vector_isa(), "cores": os.cpu_count(), "usable_cores": affinity, "caches": _caches(),
+    return {"cpu": _cpu_model(), "vector_isa": _vector_isa(), "cores": os.cpu_count(), "usable_cores": affinity,
+            "caches": _caches(),
             "memory_gb": _mem_total_gb(), "platform": platform.platform(), "python": platform.python_version(),
             "numba_threads": numba.get_num_threads(), "numba_threading_layer": layer}
 
