@@ -390,7 +390,14 @@ def _fused_partial(kernels, plan: Plan, bound, arrays, labels, sw, L_shape, comp
     """One kernel pass: the partial triple of a reduced call (weights broadcastable to L)."""
     w = None
     if sw is not None:
-        w = sw.reshape(1) if sw.size == 1 else np.ascontiguousarray(np.broadcast_to(sw, L_shape)).reshape(-1)
+        if sw.size == 1:
+            w = sw.reshape(1)
+        else:
+            # broadcast only where it adds elements: a view of the same size (sw already of
+            # L's shape, or of it with size-1 axes) is read-only, and Numba compiles a kernel of
+            # its own for read-only arrays
+            wide = np.broadcast_to(sw, L_shape)
+            w = sw.reshape(-1) if sw.size == wide.size else wide.reshape(-1)
     swl, sw_sum, count, nbad = kernels.reduce(bound, arrays, labels, w, plan.ignore_class)
     if nbad:
         _raise_bad_labels(labels, arrays["p"].shape[1], plan.ignore_class)
@@ -645,7 +652,7 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     r.bound = None if call.plan.prepare is not None else bound
     r.masked = call.plan.ignore_class is not None
     r.batch, r.out_dtype = tuple(batch), out_dtype
-    r.unweighted = (kernels.UNIT_WEIGHT, 0)  # the reduce kernels' weights and weight step
+    r.unweighted = (kernels.UNIT_WEIGHTS[bound.dtype], 0)  # the reduce kernels' weights and weight step
     if len(_REPEATS) >= _REPEATS_MAX:
         _REPEATS.clear()
     _REPEATS[key] = r

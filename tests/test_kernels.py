@@ -228,15 +228,16 @@ def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
         sp = K._sparse_args(program, 0 if program.sparse else None)  # label 0 ignored
         want_rows, got_rows = np.empty(R, dtype), np.empty(R, dtype)
         # the serial twins: the same generated code without prange, a quarter of the compile time
-        assert mod.rows_ser(*arrs, want_rows, *sp, *pv) == mod.tile_rows_ser(*arrs, got_rows, *sp, *pv)
+        unit = K.UNIT_WEIGHTS[dtype]
+        assert mod.rows_ser(*arrs, want_rows, *sp, *pv) == mod.tile_ser(*arrs, got_rows, unit, 0, *sp, *pv)[3]
         rtol = 1e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(got_rows, want_rows, rtol=rtol, atol=rtol, equal_nan=True,
                                    err_msg=f"{program.name} C={C}")
         assert np.isnan(got_rows).any()
         w = r.random(R)
-        for weights, step in ((np.ones(1), 0), (w, 1)):
+        for weights, step in ((unit, 0), (w, 1)):
             a = np.array(mod.reduce_ser(*arrs, weights, step, *sp, *pv))
-            b = np.array(mod.tile_reduce_ser(*arrs, weights, step, *sp, *pv))
+            b = np.array(mod.tile_ser(*arrs, np.empty(0, dtype), weights, step, *sp, *pv))
             np.testing.assert_allclose(b, a, rtol=rtol, equal_nan=True, err_msg=f"{program.name} C={C}")
 
 
@@ -246,3 +247,36 @@ def test_short_rows_run_the_tile_kernels():
     assert K._use_tiles(P.CCE_LOGITS, 10) and K._use_tiles(P.SCCE_LOGITS, codegen.TILE_MAX_C)
     assert not K._use_tiles(P.CCE_LOGITS, codegen.TILE_MAX_C + 1)
     assert K._use_tiles(P.GCE, 10) and K._use_tiles(P.GCE, 1000)  # no pass: no tile to copy, any row length
+
+
+
+def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
+    """Unit weights, scalar weights and float32 weight arrays reach the kernel as one argument
+    type, and rows and reduced calls run the same tile kernel: one compiled signature serves
+    all five calls (each further one costs ~1.5 s of compile on a first call). In a process of
+    its own, so that other tests' signatures do not count."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json, numpy as np, gpuloss
+        from gpuloss.kernels import numba as K
+        from gpuloss.losses import probabilistic as P
+        r = np.random.default_rng(3)
+        y = np.eye(7, dtype=np.float32)[r.integers(0, 7, 301)]
+        p = r.dirichlet(np.ones(7), 301).astype(np.float32)
+        loss = gpuloss.CategoricalCrossentropy()
+        calls = [float(loss(y, p)), float(loss(y, p, sample_weight=0.5)),
+                 float(loss(y, p, sample_weight=np.full(301, 0.5, np.float32))),
+                 float(loss(y, p, sample_weight=np.full((301, 1), 0.5, np.float32))),
+                 float(gpuloss.CategoricalCrossentropy(reduction="none")(y, p).mean())]
+        print(json.dumps([calls, len(K.kernel_module(P.CCE_PROBS, "float32").tile_ser.signatures)]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    calls, n_signatures = json.loads(out)
+    values = np.array(calls)
+    np.testing.assert_allclose(values[1:4], 0.5 * values[0], rtol=1e-6)
+    np.testing.assert_allclose(values[4], values[0], rtol=1e-6)
+    assert int(n_signatures) == 1, out

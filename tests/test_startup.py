@@ -10,6 +10,7 @@ import textwrap
 
 def _run(code: str, env_extra: dict[str, str] | None = None) -> str:
     env = dict(os.environ, **(env_extra or {}))
+    env.pop("NUMBA_CACHE_DIR", None)  # it would move Numba's index files out of gpuloss's kernel cache
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
                          check=True)
     return out.stdout.strip()

@@ -54,7 +54,7 @@ from ...program import RowProgram  # noqa: E402
 from . import codegen  # noqa: E402
 
 __all__ = ["cache_dir", "kernel_module", "Bound", "bind", "settled", "rows", "reduce", "rows_route", "reduce_route",
-           "kernel_arrays", "flat_ok", "Route", "UNIT_WEIGHT", "SERIAL_BELOW"]
+           "kernel_arrays", "flat_ok", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
 
 #: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
 #: thread pool costs more than the whole loop below ~32k elements.
@@ -230,12 +230,16 @@ class Route:
     once per call shape: the pipeline keeps routes for repeated calls (choosing the kernel and
     formatting its name cost ~5 µs of a ~30 µs call at 1e3 elements on a 2-core EPYC)."""
 
-    __slots__ = ("kernel", "flatten", "sparse", "finish", "checks", "t_index")
+    __slots__ = ("kernel", "flatten", "sparse", "finish", "checks", "t_index", "before", "after")
 
-    def __init__(self, kernel, flatten: bool, sparse: tuple, finish, checks: bool = False, t_index: int = 0):
+    def __init__(self, kernel, flatten: bool, sparse: tuple, finish, checks: bool = False, t_index: int = 0,
+                 before: tuple = (), after: tuple = ()):
         self.kernel, self.flatten, self.sparse, self.finish = kernel, flatten, sparse, finish
         #: the kernel counts the program's check (its result's bad-label count is that count)
         self.checks, self.t_index = checks, t_index
+        #: arguments around ``leading`` that the tile kernel takes in both kinds of call (the
+        #: output of a rows call, the weights of a reduced one): see :func:`_tile_route`
+        self.before, self.after = before, after
 
     def __call__(self, arrs: list, leading: tuple, bound: Bound):
         """The kernel on ``arrs`` (in :func:`kernel_arrays` order), then ``leading`` (the output
@@ -246,11 +250,12 @@ class Route:
             bound = settled(bound, {"t": arrs[self.t_index]})
         if self.flatten:
             arrs = [a.reshape(-1) for a in arrs]
-        result = self.finish(self.kernel(*arrs, *leading, *self.sparse, *bound.values))
+        result = self.finish(self.kernel(*arrs, *self.before, *leading, *self.after, *self.sparse, *bound.values))
         if not self.checks:
             return result
         if bound.otherwise is not None and _violations(result):
-            result = self.finish(self.kernel(*arrs, *leading, *self.sparse, *bound.otherwise.values))
+            result = self.finish(self.kernel(*arrs, *self.before, *leading, *self.after, *self.sparse,
+                                             *bound.otherwise.values))
         return _without_violations(result)
 
 
@@ -286,9 +291,25 @@ def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | 
         checks = program.check is not None
         return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _as_count if checks else _no_bad_labels,
                      checks, t_index)
-    kernel = "tile_rows" if bound.tiled and codegen.tile_fits(program, C) else "rows"
-    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count,
+    if bound.tiled and codegen.tile_fits(program, C):
+        return _tile_route(bound, suffix, ignore_class, rows=True)
+    return Route(getattr(mod, f"rows_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count,
                  False, t_index)
+
+
+def _tile_count(result):
+    return int(result[3])
+
+
+def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool) -> Route:
+    """The tile kernel takes ``out`` and the weights in both kinds of call: a rows call passes
+    unit weights after its ``out``, a reduced call an empty ``out`` before its weights."""
+    kernel = getattr(bound.module, f"tile_{suffix}")
+    sparse = tuple(_sparse_args(bound.program, ignore_class))
+    t_index = _t_index(bound.program)
+    if rows:
+        return Route(kernel, False, sparse, _tile_count, False, t_index, after=(UNIT_WEIGHTS[bound.dtype], 0))
+    return Route(kernel, False, sparse, _as_triple, False, t_index, before=(_NO_ROWS[bound.dtype],))
 
 
 def rows(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, ignore_class: int | None = None):
@@ -322,8 +343,31 @@ def _valid_mask(labels: np.ndarray, ignore_class: int) -> np.ndarray:
     return lab != ignore_class
 
 
-#: the weight of an unweighted call (the kernels only read it; one array, not one per call)
-UNIT_WEIGHT = np.ones(1)
+#: the weight of an unweighted call per compute dtype (the kernels only read it; one array, not
+#: one per call). In the compute dtype, like the weights of weighted calls (:func:`kernel_weights`),
+#: so that both run the same compiled kernel.
+UNIT_WEIGHTS = {"float32": np.ones(1, np.float32), "float64": np.ones(1)}
+#: the ``out`` of a reduced call of the tile kernel: no rows to write
+_NO_ROWS = {"float32": np.empty(0, np.float32), "float64": np.empty(0)}
+
+
+def kernel_weights(weights: np.ndarray | None, dtype: str) -> np.ndarray:
+    """``weights`` (None, one value, or one per row) as the reduce kernels read them.
+
+    Keras casts sample weights to the loss dtype (spec §5.2); here one value, and weights of a
+    dtype other than float32/float64, are cast to the compute dtype ``dtype``. Float arrays stay
+    as they are (no copy of a per-element weight array). Numba compiles one kernel per argument
+    type: before, the unit weight (float64), scalar weights (float64) and float32 weight arrays
+    made up to three compiles of every reduce kernel of a float32 loss, ~1-2 s each (a cold test
+    suite compiled 544 kernels, 99 of them for another weight type alone).
+    """
+    if weights is None:
+        return UNIT_WEIGHTS[dtype]
+    if weights.size == 1:
+        return np.array(weights.reshape(1), dtype=dtype)
+    if weights.dtype != np.float32 and weights.dtype != np.float64:
+        return np.ascontiguousarray(weights, dtype=dtype)
+    return weights
 
 
 class _FlatFinish:
@@ -359,8 +403,9 @@ def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
     if (w_step == 0 or C == 1) and flat_ok:
         return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"),
                      program.check is not None, t_index)
-    kernel = "tile_reduce" if bound.tiled and codegen.tile_fits(program, C) else "reduce"
-    return Route(getattr(mod, f"{kernel}_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple,
+    if bound.tiled and codegen.tile_fits(program, C):
+        return _tile_route(bound, suffix, ignore_class, rows=False)
+    return Route(getattr(mod, f"reduce_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple,
                  False, t_index)
 
 
@@ -375,8 +420,7 @@ def reduce(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, weights:
     R, C = _shape(program, arrays)
     if R == 0:
         return 0.0, 0.0, 0.0, 0
-    if weights is None:
-        weights = UNIT_WEIGHT
+    weights = kernel_weights(weights, bound.dtype)
     w_step = 0 if weights.size == 1 else 1
     route = reduce_route(bound, R, C, flat_ok(bound, arrays), w_step, ignore_class)
     if route is None:

@@ -18,8 +18,9 @@ without threads, used for small inputs where waking threads costs more than the 
 ``reduce``        Σ w·ℓ, Σ w, valid count, bad labels (reduced calls; blocks added in order)
 ``flat_reduce``   single-Sum programs on contiguous data: one sweep over all elements (Σ w·ℓ, Σ w)
 ``flat_rows``     the same for rows of one element (C == 1, reduction "none")
-``tile_rows``/``tile_reduce``  short rows (up to TILE_MAX_C elements): tiles of rows, copied
-                  transposed so that every term loop vectorises across rows
+``tile``          short rows (up to TILE_MAX_C elements): tiles of rows, copied transposed so
+                  that every term loop vectorises across rows; per-row values into ``out``, or
+                  with an empty ``out`` the four sums of ``reduce``
 ``chunk_k``/``chunk_finish``  few very long rows: pass k split into column chunks
 """
 
@@ -32,7 +33,7 @@ from ...program import ELEMENT_NAMES, RowProgram, Term, check_term
 #: Elements per block. 2**13 float32 pairs = 64 KiB, well inside L2; at 1e8 elements that is
 #: 12k partials (a few µs to combine).
 BLOCK = 8192
-#: Rows of at most this many elements run the tile kernels (see _Gen.tile_kernels). Measured
+#: Rows of at most this many elements run the tile kernels (see _Gen.tile_kernel). Measured
 #: on one thread of a Zen 3 core, 1e7 float32, row kernel / tile kernel (ms): CCE from logits
 #: C=2 260/76, C=10 70/39, C=16 49/35, C=24 41/39, C=32 42/48; cosine C=10 49/23, C=16 24/22,
 #: C=32 14/25; CCE from probabilities C=16 33/36 (the row kernels vectorise along rows of 16
@@ -345,8 +346,8 @@ class _Gen:
             + ("        offs[b] = off\n    return offs.sum()\n" if checked else "")
         )
 
-    def tile_kernels(self, suffix: str, parallel: bool) -> str:
-        """``tile_rows``/``tile_reduce``: short rows (C <= TILE_MAX_C), a tile of rows at a time.
+    def tile_kernel(self, suffix: str, parallel: bool) -> str:
+        """``tile``: short rows (C <= TILE_MAX_C), a tile of rows at a time.
 
         The tile is copied transposed into buffers of shape (C, rows), so every pass loops over
         the columns and, inside, over the rows of the tile: that inner loop is contiguous and
@@ -356,7 +357,6 @@ class _Gen:
         # a program without passes (generalized crossentropy: a finish of the label's
         # probability) copies no tile: its rows only split labels, finish and sums
         names = [] if not self.p.passes else ["p"] if self.p.sparse else list(self.elements)
-        reduce = "reduce" in suffix
         ind = " " * 12
         L = [f"        tb_{e} = np.empty((C, tr), dtype=_T)" for e in names]
         for stats in self.p.passes:
@@ -366,8 +366,7 @@ class _Gen:
                 L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
                 if st.kind == "max":
                     L.append(f"        alt_{n} = np.empty(tr)")
-        if reduce:
-            L += ["        swl = 0.0", "        sw = 0.0", "        cnt = 0.0"]
+        L += ["        swl = 0.0", "        sw = 0.0", "        cnt = 0.0"]
         if self.p.sparse:
             L += ["        pl = np.empty(tr)", "        lb = np.empty(tr)",
                   "        state = np.empty(tr, dtype=np.int64)"]
@@ -426,29 +425,34 @@ class _Gen:
         fin = self._call(self.p.finish, "f_", "_F", None, None, row="i", row_labels=self.p.sparse)
         # finish values in a loop of their own (it vectorises where the finish does)
         L += [f"{ind}for i in range(nt):", f"{inner}vals[i] = {fin}"]
-        L.append(f"{ind}for i in range(nt):")
-        L.append(f"{ind}    r = r0 + i")
+        # one kernel for both kinds of call: per-row values where ``out`` has the rows, else
+        # the weighted sums (the row and reduce kernels of a tile program were two compiles of
+        # the same loops, ~1.5 s each: a cold test suite compiled 278 of them)
         if self.p.sparse:
-            L += [f"{inner}s_ = state[i]",
-                  f"{inner}valid = s_ != 1",
-                  f"{inner}val = vals[i] if s_ == 0 else (0.0 if s_ == 1 else np.nan)",
-                  f"{inner}bad += s_ >> 1"]
+            row = [f"{inner}    s_ = state[i]",
+                   f"{inner}    valid = s_ != 1",
+                   f"{inner}    val = vals[i] if s_ == 0 else (0.0 if s_ == 1 else np.nan)",
+                   f"{inner}    bad += s_ >> 1"]
         else:
-            L += [f"{inner}valid = True", f"{inner}val = vals[i]"]
-        if reduce:
-            L += [f"{inner}if valid:",
-                  f"{inner}    w = _F(w_arr[r * w_step])",
-                  f"{inner}    swl += w * val",
-                  f"{inner}    sw += w",
-                  f"{inner}    cnt += 1.0",
-                  "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
-                  "        part[b, 3] = bad", "    return totals4(part)"]
-            head = f"def tile_{suffix}({self.array_args()}, w_arr, w_step{self.header()}{self.param_args()}):"
-            alloc = ["    part = np.zeros((nb, 4))"]
-        else:
-            L += [f"{inner}out[r] = val", "        nbad[b] = bad", "    return nbad.sum()"]
-            head = f"def tile_{suffix}({self.array_args()}, out{self.header()}{self.param_args()}):"
-            alloc = ["    nbad = np.zeros(nb, dtype=np.int64)"]
+            row = [f"{inner}    valid = True", f"{inner}    val = vals[i]"]
+        L += [f"{ind}if store:",
+              f"{inner}for i in range(nt):",
+              f"{inner}    r = r0 + i",
+              *row,
+              f"{inner}    out[r] = val",
+              f"{ind}else:",
+              f"{inner}for i in range(nt):",
+              f"{inner}    r = r0 + i",
+              *row,
+              f"{inner}    if valid:",
+              f"{inner}        w = _F(w_arr[r * w_step])",
+              f"{inner}        swl += w * val",
+              f"{inner}        sw += w",
+              f"{inner}        cnt += 1.0",
+              "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
+              "        part[b, 3] = bad", "    return totals4(part)"]
+        head = f"def tile_{suffix}({self.array_args()}, out, w_arr, w_step{self.header()}{self.param_args()}):"
+        alloc = ["    part = np.zeros((nb, 4))", "    store = out.shape[0] > 0"]
         first = self.arrays[0]
         return "\n".join([
             f"@njit(parallel={parallel}, fastmath=FASTMATH, cache=True, nogil=True, error_model='numpy')",
@@ -556,8 +560,7 @@ class _Gen:
             if self.p.flat_scale and not self.p.sparse:
                 parts.append(self.flat_kernels(suffix, par))
             if tile_ok(self.p):
-                parts.append(self.tile_kernels(f"rows_{suffix}", par))
-                parts.append(self.tile_kernels(f"reduce_{suffix}", par))
+                parts.append(self.tile_kernel(suffix, par))
         if self.p.passes:
             parts.append(self.chunk_kernels())
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
