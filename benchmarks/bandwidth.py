@@ -2,9 +2,9 @@
 
 :func:`reader` returns a thunk that reads every byte of a case's inputs once with a Numba
 ``prange`` kernel that does nothing but add the words up (32-bit integer adds, which LLVM
-vectorises without any fast-math licence): no loss can read its inputs faster on this machine
-with this threading runtime, so ``t_read / t_loss`` is the loss's fraction of the machine's
-limit. Inputs of equal length are read in one loop, as the loss kernels read them (two or
+vectorises without any fast-math licence), in blocks sized for speed (see MIN_BLOCK): the
+fastest plain read of those bytes this code knows with this threading runtime, so
+``t_read / t_loss`` is the loss's fraction of the machine's limit. Inputs of equal length are read in one loop, as the loss kernels read them (two or
 three streams at once); others (the int64 labels of the sparse losses) in turn. As in
 gpuloss, inputs under ``SERIAL_BELOW`` elements are read by the serial twin, so at small
 sizes the baseline also shows the cost of a Numba call.
@@ -23,11 +23,17 @@ from gpuloss._backend import numba_kernels
 # the loss kernels on 256-bit vectors for the whole run (log-cosh at 1e7: 14.1 ms instead of ~8).
 numba_kernels()
 
+import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-__all__ = ["reader", "BLOCK", "read_gbps"]
+__all__ = ["reader", "block_for", "read_gbps"]
 
-BLOCK = 1 << 14
+#: Block sizes the baseline chooses from (elements). The ceiling should be the fastest read
+#: this code can do: at 1e7 float32 pairs, 2-core EPYC, medians of 41 interleaved reads, blocks
+#: of 2**12 / 2**14 / 2**16 / 2**18 read 44.4 / 47.5 / 48.4 / 50.0 GB/s (30.0 / 30.5 / 31.4 /
+#: 32.0 in a second run), so large inputs get large blocks, while smaller ones keep enough
+#: blocks for every thread.
+MIN_BLOCK, MAX_BLOCK = 1 << 14, 1 << 18
 SERIAL_BELOW = 1 << 15  # the same switch as gpuloss.kernels.numba.SERIAL_BELOW
 
 
@@ -39,16 +45,24 @@ def _words(a: np.ndarray) -> np.ndarray:
     return flat.view(np.uint32)
 
 
+def block_for(n: int, threads: int) -> int:
+    """The largest power-of-two block up to MAX_BLOCK that gives each thread four blocks."""
+    block = MIN_BLOCK
+    while block < MAX_BLOCK and n >= 8 * block * threads:
+        block *= 2
+    return block
+
+
 def _make(parallel: bool):
     rng = prange if parallel else range
 
     @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
-    def read1(a):
+    def read1(block, a):
         n = a.shape[0]
-        nb = (n + BLOCK - 1) // BLOCK
+        nb = (n + block - 1) // block
         acc = np.zeros(nb, dtype=np.uint32)
         for b in rng(nb):
-            va = a[b * BLOCK:min(n, (b + 1) * BLOCK)]
+            va = a[b * block:min(n, (b + 1) * block)]
             s = np.uint32(0)
             for j in range(va.shape[0]):
                 s += va[j]
@@ -56,13 +70,13 @@ def _make(parallel: bool):
         return acc.sum()
 
     @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
-    def read2(a, c):
+    def read2(block, a, c):
         n = a.shape[0]
-        nb = (n + BLOCK - 1) // BLOCK
+        nb = (n + block - 1) // block
         acc = np.zeros(nb, dtype=np.uint32)
         for b in rng(nb):
-            lo = b * BLOCK
-            hi = min(n, lo + BLOCK)
+            lo = b * block
+            hi = min(n, lo + block)
             va = a[lo:hi]
             vc = c[lo:hi]
             s = np.uint32(0)
@@ -72,13 +86,13 @@ def _make(parallel: bool):
         return acc.sum()
 
     @njit(parallel=parallel, cache=True, nogil=True, boundscheck=False)
-    def read3(a, c, d):
+    def read3(block, a, c, d):
         n = a.shape[0]
-        nb = (n + BLOCK - 1) // BLOCK
+        nb = (n + block - 1) // block
         acc = np.zeros(nb, dtype=np.uint32)
         for b in rng(nb):
-            lo = b * BLOCK
-            hi = min(n, lo + BLOCK)
+            lo = b * block
+            hi = min(n, lo + block)
             va = a[lo:hi]
             vc = c[lo:hi]
             vd = d[lo:hi]
@@ -105,9 +119,10 @@ def reader(inputs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
     calls = []
     for n, ws in groups.items():
         table = _SER if n < SERIAL_BELOW else _PAR
+        block = block_for(n, numba.get_num_threads() if table is _PAR else 1)
         while ws:
             k = min(3, len(ws))
-            calls.append((table[k], tuple(ws[:k])))
+            calls.append((table[k], (block, *ws[:k])))
             ws = ws[k:]
     if len(calls) == 1:
         fn, args = calls[0]

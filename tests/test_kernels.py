@@ -79,7 +79,8 @@ def test_flat_and_row_paths_agree():
     np.testing.assert_allclose(gpuloss.MeanSquaredError()(yF, pF), ref.mean(), rtol=1e-7)
 
 
-@pytest.mark.parametrize("n", [1, 7, K.SERIAL_BELOW - 1, K.SERIAL_BELOW + 1, 10 * codegen.BLOCK + 3])
+@pytest.mark.parametrize("n", [1, 7, K.SERIAL_BELOW - 1, K.SERIAL_BELOW + 1, 10 * codegen.BLOCK + 3,
+                               3 * codegen.FLAT_BLOCK + 5])
 def test_serial_and_parallel_sizes(n):
     y = rng.random((n, 1)).astype(np.float32)
     p = rng.random((n, 1)).astype(np.float32)
