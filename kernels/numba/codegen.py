@@ -62,7 +62,9 @@ BUF = 1024
 #: memory idle: MSE at 1e7 float32, 2-core EPYC, fraction of the streaming read (flat sweeps
 #: of FLAT_BLOCK elements, medians of 21 interleaved calls, two runs): 0.55 / 0.85 with 1024
 #: elements, 0.64 / 1.10 with 128, 0.72 / 1.10 with 64. Log/exp terms lost 5-15 % with short
-#: buffers (log-cosh 9.95 ms with 1024, 10.3 with 128, 11.2 with 64), so they keep BUF.
+#: buffers (log-cosh 9.95 ms with 1024, 10.3 with 128, 11.2 with 64), so they keep BUF. The
+#: row kernels' pass loops take the module's buffer too (MAE, reduction "none", 1e7 elements in
+#: rows of 100 / 1000 / 10000: 3.38 / 3.95 / 3.79 ms with 1024, 3.21 / 3.39 / 3.32 with 128).
 BUF_CHEAP = 128
 #: Elements per block of the flat sweeps (2**16 float32 pairs = 512 KiB, inside L2). Same
 #: measurement as BUF_CHEAP, buffers of 1024: MSE 0.53 / 0.75 of the read with blocks of 2**13,
