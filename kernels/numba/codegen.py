@@ -387,6 +387,7 @@ class _Gen:
             L += ["        pl = np.empty(tr)", "        lb = np.empty(tr)",
                   "        state = np.empty(tr, dtype=np.int64)"]
         L += ["        vals = np.empty(tr)",
+              "        wl = np.empty(tr)", "        wv = np.empty(tr)", "        one = np.empty(tr)",
               "        bad = 0",
               "        for r0 in range(b * rpb, min(R, (b + 1) * rpb), tr):",
               f"{ind}nt = min(tr, R - r0)"]
@@ -457,14 +458,22 @@ class _Gen:
               *row,
               f"{inner}    out[r] = val",
               f"{ind}else:",
+              # the tile's weighted values, weights and counts into buffers (a masked row
+              # weighs 0), then added by sum64: added row by row into three float64 sums they
+              # were chains of dependent adds. One core, in cache, ns per element, before /
+              # after: generalized CE 0.89 / 0.74, SCCE 1.45 / 1.20, CCE 1.72 / 1.75; 1e7
+              # elements, 2 threads, two runs each: generalized CE 6.6, 6.4 / 5.6, 5.2 ms,
+              # SCCE 11.2, 9.6 / 8.5, 8.3, CCE 15.8, 14.4 / 12.7, 12.8
               f"{inner}for i in range(nt):",
               f"{inner}    r = r0 + i",
               *row,
-              f"{inner}    if valid:",
-              f"{inner}        w = _F(w_arr[r * w_step])",
-              f"{inner}        swl += w * val",
-              f"{inner}        sw += w",
-              f"{inner}        cnt += 1.0",
+              f"{inner}    w = _F(w_arr[r * w_step]) if valid else 0.0",
+              f"{inner}    wl[i] = w * val",
+              f"{inner}    wv[i] = w",
+              f"{inner}    one[i] = 1.0 if valid else 0.0",
+              f"{inner}swl += sum64(wl, nt)",
+              f"{inner}sw += sum64(wv, nt)",
+              f"{inner}cnt += sum64(one, nt)",
               "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
               "        part[b, 3] = bad", "    return totals4(part)"]
         head = f"def tile_{suffix}({self.array_args()}, out, w_arr, w_step{self.header()}{self.param_args()}):"
