@@ -4,10 +4,11 @@
 ``prange`` kernel that does nothing but add the words up (32-bit integer adds, which LLVM
 vectorises without any fast-math licence), in blocks sized for speed (see MIN_BLOCK): the
 fastest plain read of those bytes this code knows with this threading runtime, so
-``t_read / t_loss`` is the loss's fraction of the machine's limit. Inputs of equal length are read in one loop, as the loss kernels read them (two or
-three streams at once); others (the int64 labels of the sparse losses) in turn. As in
-gpuloss, inputs under ``SERIAL_BELOW`` elements are read by the serial twin, so at small
-sizes the baseline also shows the cost of a Numba call.
+``t_read / t_loss`` is the loss's fraction of the machine's limit. Inputs of equal length are
+read in one loop, as the loss kernels read them (two or three streams at once); others (the
+int64 labels of the sparse losses) in turn. As in gpuloss, inputs under ``SERIAL_BELOW``
+elements are read by the serial twin, so at small sizes the baseline also shows the cost of a
+Numba call.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _words(a: np.ndarray) -> np.ndarray:
 
 
 def block_for(n: int, threads: int) -> int:
-    """The largest power-of-two block up to MAX_BLOCK that gives each thread four blocks."""
+    """The largest power-of-two block up to MAX_BLOCK that leaves each thread at least four blocks."""
     block = MIN_BLOCK
     while block < MAX_BLOCK and n >= 8 * block * threads:
         block *= 2
