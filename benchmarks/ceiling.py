@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from gpuloss.vocab import TRANSCENDENTAL
+
 __all__ = ["FUNCTIONS", "calls_per_element", "function_costs", "ceiling_gelem_s", "measure"]
 
 #: The vocabulary's functions that cost more than a few flops (the rest are selects and
 #: arithmetic, folded into the loop's own cost).
-FUNCTIONS = ("exp", "log", "log1p", "sigmoid", "softplus", "power")
+FUNCTIONS = TRANSCENDENTAL
 _NUMPY = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 _N = 1 << 15  # 128 KiB of float32 in and out: both stay in L2
 

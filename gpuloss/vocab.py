@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "TRANSCENDENTAL",
     "VOCABULARY",
     "abs_",
     "clip",
@@ -137,3 +138,7 @@ VOCABULARY = {
     "softplus": softplus,
     "sqrt": sqrt,
 }
+
+#: The words that cost tens of instructions an element (the rest are selects and arithmetic):
+#: what the exp/log ceiling counts, and what keeps a CPU kernel on long term buffers.
+TRANSCENDENTAL = ("exp", "log", "log1p", "sigmoid", "softplus", "power")

@@ -250,7 +250,6 @@ def test_short_rows_run_the_tile_kernels():
     assert K._use_tiles(P.GCE, 10) and K._use_tiles(P.GCE, 1000)  # no pass: no tile to copy, any row length
 
 
-
 def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
     """Unit weights, scalar weights and float32 weight arrays reach the kernel as one argument
     type, and rows and reduced calls run the same tile kernel: one compiled signature serves

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 
 from ...program import ELEMENT_NAMES, RowProgram, Term, check_term
+from ...vocab import TRANSCENDENTAL
 
 #: Elements per block. 2**13 float32 pairs = 64 KiB, well inside L2; at 1e8 elements that is
 #: 12k partials (a few µs to combine).
@@ -71,8 +72,6 @@ BUF_CHEAP = 128
 #: 0.55 / 0.85 with 2**16; Poisson 4.36 → 3.91 ms. A block allocates its buffers and writes
 #: a partial; a 1e6-element call still has 16 blocks to share among threads.
 FLAT_BLOCK = 1 << 16
-#: Vocabulary functions that cost tens of instructions per element (see BUF_CHEAP)
-_COSTLY_CALLS = frozenset({"exp", "log", "log1p", "power", "sigmoid", "softplus"})
 
 _VOCAB_IMPORT = ("from gpuloss.kernels.numba.vocab import (exp, log, log1p, sqrt, rsqrt, "
                  "maximum, minimum, clip, power, sigmoid, softplus, label_index)")
@@ -593,8 +592,8 @@ class _Gen:
 
 
 def _costly(terms: list[Term]) -> bool:
-    """Some term calls a transcendental function of the vocabulary."""
-    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _COSTLY_CALLS
+    """Some term calls a transcendental word of the vocabulary (see BUF_CHEAP)."""
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in TRANSCENDENTAL
                for t in terms for node in ast.walk(t.tree))
 
 
