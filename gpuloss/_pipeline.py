@@ -600,11 +600,11 @@ class _Repeat:
     kernel's route and either its bound parameters or (Hinge) the plan that binds them per call."""
 
     __slots__ = ("sources", "elements", "route", "call", "bound", "rows", "reduction", "compat", "masked",
-                 "batch", "out_dtype", "unweighted")
+                 "batch", "out_dtype", "unweighted", "as_input")
 
     def __call__(self, values: dict[str, Any]):
         """The result, or None where the general path must decide (bad labels: it raises)."""
-        arrs = [values[name].reshape(shape) for name, shape in self.sources]
+        arrs = [self.as_input(values[name].reshape(shape)) for name, shape in self.sources]
         bound = self.bound
         if bound is None:  # plan.prepare looks at the data (Hinge's batch-global label rule)
             bound = self.call.bound(dict(zip(self.elements, arrs)))
@@ -653,6 +653,7 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     r.masked = call.plan.ignore_class is not None
     r.batch, r.out_dtype = tuple(batch), out_dtype
     r.unweighted = (kernels.UNIT_WEIGHTS[bound.dtype], 0)  # the reduce kernels' weights and weight step
+    r.as_input = kernels.as_kernel_input  # read-only inputs run the writable inputs' kernels
     if len(_REPEATS) >= _REPEATS_MAX:
         _REPEATS.clear()
     _REPEATS[key] = r

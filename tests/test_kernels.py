@@ -252,9 +252,10 @@ def test_short_rows_run_the_tile_kernels():
 
 def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
     """Unit weights, scalar weights and float32 weight arrays reach the kernel as one argument
-    type, and rows and reduced calls run the same tile kernel: one compiled signature serves
-    all five calls (each further one costs ~1.5 s of compile on a first call). In a process of
-    its own, so that other tests' signatures do not count."""
+    type, read-only inputs as writable ones, and rows and reduced calls run the same tile
+    kernel: one compiled signature serves all eight calls (each further one costs ~1.5 s of
+    compile on a first call). In a process of its own, so that other tests' signatures do
+    not count."""
     import json
     import subprocess
     import sys
@@ -267,16 +268,21 @@ def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
         r = np.random.default_rng(3)
         y = np.eye(7, dtype=np.float32)[r.integers(0, 7, 301)]
         p = r.dirichlet(np.ones(7), 301).astype(np.float32)
+        y_ro, p_ro, w_ro = y.copy(), p.copy(), np.full(301, 0.5, np.float32)
+        for a in (y_ro, p_ro, w_ro):
+            a.flags.writeable = False  # as JAX arrays and Arrow-backed columns arrive
         loss = gpuloss.CategoricalCrossentropy()
         calls = [float(loss(y, p)), float(loss(y, p, sample_weight=0.5)),
                  float(loss(y, p, sample_weight=np.full(301, 0.5, np.float32))),
                  float(loss(y, p, sample_weight=np.full((301, 1), 0.5, np.float32))),
-                 float(gpuloss.CategoricalCrossentropy(reduction="none")(y, p).mean())]
+                 float(gpuloss.CategoricalCrossentropy(reduction="none")(y, p).mean()),
+                 float(loss(y_ro, p_ro, sample_weight=w_ro)),
+                 float(loss(y_ro, p_ro)), float(loss(y_ro, p_ro))]  # the second: a repeated call
         print(json.dumps([calls, len(K.kernel_module(P.CCE_PROBS, "float32").tile_ser.signatures)]))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     calls, n_signatures = json.loads(out)
     values = np.array(calls)
-    np.testing.assert_allclose(values[1:4], 0.5 * values[0], rtol=1e-6)
-    np.testing.assert_allclose(values[4], values[0], rtol=1e-6)
+    np.testing.assert_allclose(values[[1, 2, 3, 5]], 0.5 * values[0], rtol=1e-6)
+    np.testing.assert_allclose(values[[4, 6, 7]], values[0], rtol=1e-6)
     assert int(n_signatures) == 1, out

@@ -54,7 +54,7 @@ from ...program import RowProgram  # noqa: E402
 from . import codegen  # noqa: E402
 
 __all__ = ["cache_dir", "kernel_module", "Bound", "bind", "settled", "rows", "reduce", "rows_route", "reduce_route",
-           "kernel_arrays", "flat_ok", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
+           "kernel_arrays", "as_kernel_input", "flat_ok", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
 
 #: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
 #: thread pool costs more than the whole loop below ~32k elements.
@@ -130,11 +130,34 @@ def _column_params(params: Mapping[str, object]) -> tuple[str, ...]:
     return tuple(sorted(cols)) if cols else ()
 
 
+class _WritableInterface:
+    """A read-only array's memory, described to NumPy as writable (see :func:`as_kernel_input`)."""
+
+    def __init__(self, a: np.ndarray):
+        interface = dict(a.__array_interface__)
+        interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
+        self.owner = a  # keeps the memory alive as long as the view
+
+
+def as_kernel_input(a: np.ndarray) -> np.ndarray:
+    """``a``, or where it is read-only a writable view of the same memory (no copy).
+
+    Numba types read-only arrays apart from writable ones and compiles a second kernel for
+    them (JAX arrays, pandas' Arrow-backed columns and ``np.frombuffer`` arrays are read-only):
+    a cold test suite compiled 43 of its 398 kernel signatures for read-only inputs alone,
+    ~1-2 s each. The kernels never write their inputs.
+    """
+    if a.flags.writeable:
+        return a
+    return np.asarray(_WritableInterface(a))
+
+
 def kernel_arrays(program: RowProgram, arrays: Mapping[str, np.ndarray], labels) -> list:
     """The kernels' array arguments, in order, from the laid-out arrays (and sparse labels)."""
     if program.sparse:
-        return [arrays["p"], labels]
-    return [arrays[e] for e in program.elements]
+        return [as_kernel_input(arrays["p"]), as_kernel_input(labels)]
+    return [as_kernel_input(arrays[e]) for e in program.elements]
 
 
 def _shape(program, arrays) -> tuple[int, int]:
@@ -367,7 +390,7 @@ def kernel_weights(weights: np.ndarray | None, dtype: str) -> np.ndarray:
         return np.array(weights.reshape(1), dtype=dtype)
     if weights.dtype != np.float32 and weights.dtype != np.float64:
         return np.ascontiguousarray(weights, dtype=dtype)
-    return weights
+    return as_kernel_input(weights)
 
 
 class _FlatFinish:
