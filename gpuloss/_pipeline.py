@@ -642,8 +642,9 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     bound = call.bound(arrays)
     R, C = arrs[0].shape
     flat_ok = kernels.flat_ok(bound, arrays)
-    route = (kernels.rows_route(bound, R, C, flat_ok, call.plan.ignore_class) if rows else
-             kernels.reduce_route(bound, R, C, flat_ok, 0, call.plan.ignore_class))
+    row_major = kernels.rows_contiguous(bound, arrays)
+    route = (kernels.rows_route(bound, R, C, flat_ok, call.plan.ignore_class, row_major) if rows else
+             kernels.reduce_route(bound, R, C, flat_ok, 0, call.plan.ignore_class, row_major))
     if route is None:
         return
     r = _Repeat()

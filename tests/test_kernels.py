@@ -240,6 +240,14 @@ def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
             a = np.array(mod.reduce_ser(*arrs, weights, step, *sp, *pv))
             b = np.array(mod.tile_ser(*arrs, np.empty(0, dtype), weights, step, *sp, *pv))
             np.testing.assert_allclose(b, a, rtol=rtol, equal_nan=True, err_msg=f"{program.name} C={C}")
+            if codegen.direct_ok(program) and layout == "c":
+                # rows summed in place: the same sums in the same order as the copied tiles
+                d = np.array(mod.tile_direct_ser(*arrs, np.empty(0, dtype), weights, step, *sp, *pv))
+                np.testing.assert_array_equal(d, b, err_msg=f"{program.name} C={C}")
+        if codegen.direct_ok(program) and layout == "c":
+            direct_rows = np.empty(R, dtype)
+            assert mod.tile_direct_ser(*arrs, direct_rows, unit, 0, *sp, *pv)[3] == 0
+            np.testing.assert_array_equal(direct_rows, got_rows, err_msg=f"{program.name} C={C}")
 
 
 def test_short_rows_run_the_tile_kernels():
@@ -248,6 +256,23 @@ def test_short_rows_run_the_tile_kernels():
     assert K._use_tiles(P.CCE_LOGITS, 10) and K._use_tiles(P.SCCE_LOGITS, codegen.TILE_MAX_C)
     assert not K._use_tiles(P.CCE_LOGITS, codegen.TILE_MAX_C + 1)
     assert K._use_tiles(P.GCE, 10) and K._use_tiles(P.GCE, 1000)  # no pass: no tile to copy, any row length
+
+
+def test_rows_of_cheap_terms_run_the_direct_tiles_where_contiguous():
+    from gpuloss.losses import hinge as H, probabilistic as P, regression as Rg
+
+    assert codegen.direct_ok(H.CATEGORICAL_HINGE) and codegen.direct_ok(Rg.MSE)
+    assert not codegen.direct_ok(P.CCE_LOGITS)  # exp in its terms
+    assert not codegen.direct_ok(P.SCCE_PROBS)  # one input: the copied tile is faster
+    bound = K.bind(H.CATEGORICAL_HINGE, "float32", {})
+    y = np.zeros((500, 10), np.float32)
+    c, f = {"t": y, "p": y}, {"t": np.asfortranarray(y), "p": np.asfortranarray(y)}
+    assert K.rows_contiguous(bound, c) and not K.rows_contiguous(bound, f)
+    kernel = {True: bound.module.tile_direct_ser, False: bound.module.tile_ser}
+    for C in (codegen.DIRECT_MIN_C - 1, codegen.DIRECT_MIN_C, codegen.TILE_MAX_C):
+        for row_major in (True, False):
+            route = K.reduce_route(bound, 100, C, False, 0, None, row_major)
+            assert route.kernel is kernel[row_major and C >= codegen.DIRECT_MIN_C], (C, row_major)
 
 
 def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():

@@ -54,7 +54,7 @@ from ...program import RowProgram  # noqa: E402
 from . import codegen  # noqa: E402
 
 __all__ = ["cache_dir", "kernel_module", "Bound", "bind", "settled", "rows", "reduce", "rows_route", "reduce_route",
-           "kernel_arrays", "as_kernel_input", "flat_ok", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
+           "kernel_arrays", "as_kernel_input", "flat_ok", "rows_contiguous", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
 
 #: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
 #: thread pool costs more than the whole loop below ~32k elements.
@@ -183,7 +183,7 @@ class Bound:
     kernels' trailing arguments, worked out once (the pipeline keeps one per call shape, so a
     repeated call skips the look-ups: ~5 µs of a ~20 µs call at 1e3 elements)."""
 
-    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "otherwise")
+    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "direct", "otherwise")
 
     def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object],
                  otherwise: "Bound | None" = None):
@@ -194,6 +194,7 @@ class Bound:
         self.values = _param_values(program, params)
         self.flat = not self.column_params and _flattenable(program)
         self.tiled = codegen.tile_ok(program)
+        self.direct = codegen.direct_ok(program)
         #: where ``params`` are a guess (see gpuloss.program.Guessable): the binding that
         #: applies if the program's check fails somewhere in the data
         self.otherwise = otherwise
@@ -225,6 +226,12 @@ def settled(bound: Bound, arrays: Mapping[str, np.ndarray]) -> Bound:
 def flat_ok(bound: Bound, arrays) -> bool:
     """The flat sweep applies: a flattenable program on C-contiguous arrays."""
     return bound.flat and all(arrays[e].flags.c_contiguous for e in bound.program.elements)
+
+
+def rows_contiguous(bound: Bound, arrays) -> bool:
+    """``bound`` has direct tile kernels and every (R, C) element array is contiguous along its
+    rows (the direct tiles read rows in place; Fortran-ordered rows are copied as before)."""
+    return bound.direct and all(arrays[e].strides[1] == arrays[e].itemsize for e in bound.program.elements)
 
 
 def _sparse_args(program, ignore_class):
@@ -303,8 +310,10 @@ def _no_bad_labels(_):
     return 0
 
 
-def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | None) -> Route | None:
-    """The route of :func:`rows` (leading argument: ``out``); None for the chunked kernels."""
+def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | None,
+               row_major: bool = False) -> Route | None:
+    """The route of :func:`rows` (leading argument: ``out``); None for the chunked kernels.
+    ``row_major``: the arrays are contiguous along their rows (:func:`rows_contiguous`)."""
     program, mod = bound.program, bound.module
     if _use_chunks(program, R, C):
         return None
@@ -315,7 +324,7 @@ def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | 
         return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _as_count if checks else _no_bad_labels,
                      checks, t_index)
     if bound.tiled and codegen.tile_fits(program, C):
-        return _tile_route(bound, suffix, ignore_class, rows=True)
+        return _tile_route(bound, suffix, ignore_class, rows=True, direct=_direct(bound, C, row_major))
     return Route(getattr(mod, f"rows_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count,
                  False, t_index)
 
@@ -324,10 +333,14 @@ def _tile_count(result):
     return int(result[3])
 
 
-def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool) -> Route:
+def _direct(bound: Bound, C: int, row_major: bool) -> bool:
+    return bound.direct and row_major and C >= codegen.DIRECT_MIN_C
+
+
+def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool, direct: bool) -> Route:
     """The tile kernel takes ``out`` and the weights in both kinds of call: a rows call passes
     unit weights after its ``out``, a reduced call an empty ``out`` before its weights."""
-    kernel = getattr(bound.module, f"tile_{suffix}")
+    kernel = getattr(bound.module, f"{'tile_direct' if direct else 'tile'}_{suffix}")
     sparse = tuple(_sparse_args(bound.program, ignore_class))
     t_index = _t_index(bound.program)
     if rows:
@@ -343,7 +356,7 @@ def rows(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, ignore_cla
     if R == 0:
         return out, None, 0
     arrs = kernel_arrays(program, arrays, labels)
-    route = rows_route(bound, R, C, flat_ok(bound, arrays), ignore_class)
+    route = rows_route(bound, R, C, flat_ok(bound, arrays), ignore_class, rows_contiguous(bound, arrays))
     if route is None:
         pv = settled(bound, arrays).values
         sp = _sparse_args(program, ignore_class)
@@ -416,8 +429,9 @@ def _as_triple(result):
 
 
 def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
-                 ignore_class: int | None) -> Route | None:
-    """The route of :func:`reduce` (leading arguments: weights, w_step); None for the chunked kernels."""
+                 ignore_class: int | None, row_major: bool = False) -> Route | None:
+    """The route of :func:`reduce` (leading arguments: weights, w_step); None for the chunked
+    kernels. ``row_major`` as in :func:`rows_route`."""
     program, mod = bound.program, bound.module
     if _use_chunks(program, R, C):
         return None
@@ -427,7 +441,7 @@ def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
         return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"),
                      program.check is not None, t_index)
     if bound.tiled and codegen.tile_fits(program, C):
-        return _tile_route(bound, suffix, ignore_class, rows=False)
+        return _tile_route(bound, suffix, ignore_class, rows=False, direct=_direct(bound, C, row_major))
     return Route(getattr(mod, f"reduce_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple,
                  False, t_index)
 
@@ -445,7 +459,7 @@ def reduce(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, weights:
         return 0.0, 0.0, 0.0, 0
     weights = kernel_weights(weights, bound.dtype)
     w_step = 0 if weights.size == 1 else 1
-    route = reduce_route(bound, R, C, flat_ok(bound, arrays), w_step, ignore_class)
+    route = reduce_route(bound, R, C, flat_ok(bound, arrays), w_step, ignore_class, rows_contiguous(bound, arrays))
     if route is None:
         L, valid, nbad = rows(bound, arrays, labels, ignore_class)
         w = np.broadcast_to(weights, (R,)) if w_step == 0 else weights

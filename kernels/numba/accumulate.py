@@ -9,7 +9,9 @@ vector lanes. The lane order is fixed by the code, so the bits do not depend on 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 REDUCE_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -57,3 +59,24 @@ def totals2(part):
         s0 += part[b, 0]
         s1 += part[b, 1]
     return s0, s1
+
+
+@intrinsic
+def fenced(typingctx, x):
+    """``x``, which fast-math may not fuse with what follows (LLVM's arithmetic fence).
+
+    The direct tiles add each term straight into a row's float64 sum; with 'contract' a
+    float64 term's last product fused into that add (an FMA) and the rows differed in the last
+    bit from the copied tiles, which store the term first (float64 cosine similarity: 41 % of
+    5003 rows, by up to 7e-16 relative). Float32 terms are converted before the add and could
+    not fuse anyway.
+    """
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        fence = builder.module.declare_intrinsic("llvm.arithmetic.fence", [ty], ir.FunctionType(ty, [ty]))
+        return builder.call(fence, [args[0]])
+
+    return x(x), codegen
