@@ -54,7 +54,8 @@ from ...program import RowProgram  # noqa: E402
 from . import codegen  # noqa: E402
 
 __all__ = ["cache_dir", "kernel_module", "Bound", "bind", "settled", "rows", "reduce", "rows_route", "reduce_route",
-           "kernel_arrays", "as_kernel_input", "flat_ok", "rows_contiguous", "Route", "UNIT_WEIGHTS", "kernel_weights", "SERIAL_BELOW"]
+           "kernel_arrays", "as_kernel_input", "flat_ok", "rows_contiguous", "Route", "UNIT_WEIGHTS",
+           "kernel_weights", "SERIAL_BELOW"]
 
 #: Inputs smaller than this (elements) run the serial twin of each kernel: waking Numba's
 #: thread pool costs more than the whole loop below ~32k elements.
