@@ -44,11 +44,11 @@ BLOCK = 8192
 TILE_MAX_C = 16
 #: Rows of at least this many elements (and at most TILE_MAX_C), contiguous along the row, run
 #: ``tile_direct`` where the program has it (direct_ok). 1e7 float32, 2-core EPYC (AVX2),
-#: interleaved, medians of 21, copied tile / direct (ms): CategoricalHinge C=4 13.0/14.8, C=6 11.0/11.0,
-#: C=8 11.7/10.0, C=10 8.6/6.1, C=16 8.8/5.7; MSE per row C=6 10.3/12.8, C=8 9.8/8.2, C=10
-#: 7.5/4.9; cosine C=8 13.4/13.0, C=16 12.6/9.4. On shorter rows each row's serial sums cost
-#: more than the copy. SCCE from probabilities (one input, one sum) lost at every C (C=10
-#: 8.9/10.7), so single-input programs have no direct kernel.
+#: interleaved, medians of 21, copied tile / direct (ms): CategoricalHinge C=4 13.0/14.8,
+#: C=6 11.0/11.0, C=8 11.7/10.0, C=10 8.6/6.1, C=16 8.8/5.7; MSE per row C=6 10.3/12.8,
+#: C=8 9.8/8.2, C=10 7.5/4.9; cosine C=8 13.4/13.0, C=16 12.6/9.4. On shorter rows each row's
+#: serial sums cost more than the copy. SCCE from probabilities (one input, one sum) lost at
+#: every C (C=10 8.9/10.7), so single-input programs have no direct kernel.
 DIRECT_MIN_C = 8
 #: Elements of one transposed tile per input (8 KiB of float32: two inputs stay in L1).
 TILE_ELEMS = 2048
@@ -384,8 +384,8 @@ class _Gen:
         contiguous): no copy; each row's statistics are summed along the row in place, in the
         same order, into the same per-row arrays, and the finish and sums follow as above. The
         transposing copy and the strided reads that would replace it cost more than a few
-        flops per element: CategoricalHinge, 1e6 rows of 10 float32, 2-core EPYC (AVX2),
-        interleaved (medians of 21): 8.8 ms with the copy, 5.4 along the rows."""
+        flops per element (the strided reads without the copy: CategoricalHinge, 1e6 rows of
+        10, 8.3 vs 7.5 ms, the best of 15); figures at DIRECT_MIN_C."""
         # a program without passes (generalized crossentropy: a finish of the label's
         # probability) copies no tile: its rows only split labels, finish and sums
         names = [] if not self.p.passes or direct else ["p"] if self.p.sparse else list(self.elements)
