@@ -195,7 +195,8 @@ class Bound:
         self.values = _param_values(program, params)
         self.flat = not self.column_params and _flattenable(program)
         self.tiled = codegen.tile_ok(program)
-        self.direct = codegen.direct_ok(program)
+        # the generated module has them or not (codegen.direct_ok walks the terms: ~140 µs)
+        self.direct = hasattr(self.module, "tile_direct_par")
         #: where ``params`` are a guess (see gpuloss.program.Guessable): the binding that
         #: applies if the program's check fails somewhere in the data
         self.otherwise = otherwise
