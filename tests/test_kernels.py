@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -311,3 +313,58 @@ def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
     np.testing.assert_allclose(values[[1, 2, 3, 5]], 0.5 * values[0], rtol=1e-6)
     np.testing.assert_allclose(values[[4, 6, 7]], values[0], rtol=1e-6)
     assert int(n_signatures) == 1, out
+
+
+def test_default_exponents_are_folded_into_their_modules():
+    """γ = 2 of the focal losses and q = 0.5 of generalized crossentropy are written into their
+    modules as constants; other values, and programs without such a parameter, keep the
+    general module. Both modules give the same values (BFCE rows, predictions beyond [0, 1]
+    too: the focal factor of a negative base)."""
+    from gpuloss.losses import probabilistic as P
+
+    bfce = P.BFCE["keras2", False]
+    params = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.0, "gamma": 2.0}
+    assert codegen.exponent_params(bfce) == ("gamma",)
+    assert codegen.exponent_params(P.CCE_PROBS) == ()
+    assert codegen.folded_constants(bfce, params) == (("gamma", 2.0),)
+    assert codegen.folded_constants(bfce, {**params, "gamma": 2.5}) == ()
+    assert codegen.folded_constants(P.GCE, {"q": 0.5}) == (("q", 0.5),)
+    folded = K.bind(bfce, "float32", params).module
+    general = K.kernel_module(bfce, "float32")
+    assert "power_folding" in Path(folded.__file__).read_text()
+    assert "power_folding" not in Path(general.__file__).read_text()
+    t = (rng.random(5000) < 0.5).astype(np.float32)
+    p = rng.uniform(-0.3, 1.3, 5000).astype(np.float32)
+    got, want = np.empty(5000, np.float32), np.empty(5000, np.float32)
+    pv = K._param_values(bfce, params)
+    folded.flat_rows_ser(t, p, got, *pv)
+    general.flat_rows_ser(t, p, want, *pv)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_power_folding_keeps_c_pow_semantics(dtype):
+    """The folded exponents give C pow's special values (pow(-0, 0.5) = +0, pow(-inf, 0.5) =
+    +inf, NaN for a negative base), and other constant exponents the general power's."""
+    from gpuloss import vocab
+    from gpuloss.kernels.numba.vocab import power_folding
+
+    x = np.array([-np.inf, -2.0, -0.0, 0.0, 1e-30, 0.25, 1.0, 3.0, 1e30, np.inf, np.nan], dtype)
+    for y in (2.0, 0.5, 1.0, 2.5, -1.0):
+        exponent = dtype(y)
+
+        @numba.njit
+        def powers(v):
+            out = np.empty_like(v)
+            for i in range(v.size):
+                out[i] = power_folding(v[i], exponent)
+            return out
+
+        got = powers(x)
+        with np.errstate(over="ignore"):
+            want = np.array([vocab.power(float(a), y) for a in x]).astype(dtype)
+        # the general power is within about |y ln x| ulps (kernels/numba/fastmath64.py)
+        ulps = 1 if y in codegen.FOLDED_EXPONENTS else 256
+        np.testing.assert_allclose(got, want, rtol=ulps * np.finfo(dtype).eps, err_msg=f"y={y}")
+        real = ~np.isnan(want)
+        np.testing.assert_array_equal(np.signbit(got[real]), np.signbit(want[real]), err_msg=f"y={y}")

@@ -86,9 +86,11 @@ def cache_dir() -> Path:
     return Path(root) / f"numba-{_machinery_hash()}"
 
 
-def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = ()) -> ModuleType:
-    """The generated kernel module of ``program`` for ``dtype``, written and imported once."""
-    key = (program.fingerprint, dtype, column_params)
+def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = (),
+                  constants: tuple[tuple[str, float], ...] = ()) -> ModuleType:
+    """The generated kernel module of ``program`` for ``dtype`` (and the parameter values
+    ``constants`` written into it, see codegen.folded_constants), written and imported once."""
+    key = (program.fingerprint, dtype, column_params, constants)
     mod = _MODULES.get(key)
     if mod is not None:
         return mod
@@ -96,7 +98,7 @@ def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...
         mod = _MODULES.get(key)
         if mod is not None:
             return mod
-        src = codegen.module_source(program, dtype, column_params)
+        src = codegen.module_source(program, dtype, column_params, constants)
         digest = hashlib.sha256(src.encode()).hexdigest()[:16]
         name = f"gl_{program.name}_{dtype}_{digest}"
         folder = cache_dir()
@@ -191,7 +193,7 @@ class Bound:
         self.program = program
         self.dtype = dtype
         self.column_params = _column_params(params)
-        self.module = kernel_module(program, dtype, self.column_params)
+        self.module = kernel_module(program, dtype, self.column_params, codegen.folded_constants(program, params))
         self.values = _param_values(program, params)
         self.flat = not self.column_params and _flattenable(program)
         self.tiled = codegen.tile_ok(program)

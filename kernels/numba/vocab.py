@@ -35,7 +35,7 @@ sigmoid = _py.sigmoid
 softplus = _py.softplus
 
 __all__ = ["exp", "log", "log1p", "sqrt", "rsqrt", "maximum", "minimum", "clip", "power",
-           "sigmoid", "softplus", "label_index"]
+           "sigmoid", "softplus", "label_index", "power_folding"]
 
 
 def _is32(x) -> bool:
@@ -110,8 +110,9 @@ def _power_impl(exp_, log_, f, evens_from: float):
         h = y * half
         odd = integer & (abs(y) < big) & (h != np.floor(h))
         r = -r if (x < zero and odd) else r
-        r = nan if (x < zero and not integer) else r
-        r = (zero if y > zero else inf) if x == zero else r
+        r = nan if (x < zero and not integer and x != -inf) else r  # pow(-inf, 2.5) = inf
+        z = zero if y > zero else inf
+        r = (math.copysign(z, x) if odd else z) if x == zero else r  # pow(-0, -1) = -inf
         return one if (y == zero or x == one) else r
     return impl
 
@@ -144,6 +145,30 @@ def _softplus(x):
         m = x if (x > 0.0 or x != x) else 0.0
         return m + math.log1p(math.exp(-abs(x)))
     return impl64
+
+
+def power_folding(x, y):  # pragma: no cover - only called from jitted code
+    """``power`` for kernels in which ``y`` is a compile-time constant (see
+    codegen.folded_constants): the exponents 2, 0.5 and 1 are tested first, and LLVM drops
+    the tests and the general code for a constant. With a runtime ``y`` the tests stay in the
+    loop: generalized crossentropy with q = 0.4, 3e4 rows of 10, one thread, 120 → 482 µs."""
+    raise NotImplementedError
+
+
+@overload(power_folding, inline="always")
+def _power_folding(x, y):
+    f = np.float32 if _is32(x) else np.float64
+    zero, one, two, half, inf = f(0.0), f(1.0), f(2.0), f(0.5), f(np.inf)
+
+    def impl(x, y):
+        if y == two:
+            return x * x
+        if y == half:  # C pow: pow(-0, 0.5) = +0, pow(-inf, 0.5) = +inf; NaN below 0
+            return zero if x == zero else (inf if x == -inf else np.sqrt(x))
+        if y == one:
+            return x
+        return power(x, y)
+    return impl
 
 
 def label_index(x):  # pragma: no cover - only called from jitted code
