@@ -368,3 +368,39 @@ def test_power_folding_keeps_c_pow_semantics(dtype):
         np.testing.assert_allclose(got, want, rtol=ulps * np.finfo(dtype).eps, err_msg=f"y={y}")
         real = ~np.isnan(want)
         np.testing.assert_array_equal(np.signbit(got[real]), np.signbit(want[real]), err_msg=f"y={y}")
+
+
+def test_circle_kernel_matches_the_float64_reference():
+    """The fused Circle rows (kernels/numba/pairwise.py) against the reference of the spec:
+    rows without a positive (0), references apart from the batch with and without the
+    diagonal removed, float32 and float64 inputs, and a batch above the serial limit (the
+    threaded kernel). A NaN embedding makes every row that meets it NaN, as NumPy's
+    log-sum-exp of the array code does (the reference leaves such rows out)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference as ref
+    from gpuloss.kernels.numba import pairwise
+
+    def normalised(b, d):
+        e = rng.normal(size=(b, d))
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    labels = np.array([0, 1, 0, 2, 1, 3, 0])  # label 2 and 3: one row each, no positive
+    emb = normalised(7, 5)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        for remove in (True, False):
+            got = gpuloss.circle(labels, emb.astype(dtype), remove_diagonal=remove)
+            want = ref.circle(labels, emb.astype(dtype), remove_diagonal=remove)
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
+    assert gpuloss.circle(labels, emb)[3] == 0.0 and gpuloss.circle(labels, emb)[5] == 0.0
+    ref_labels, ref_emb = np.array([1, 0, 0, 4]), normalised(4, 5)
+    for remove in (True, False):
+        kw = dict(ref_labels=ref_labels, ref_embeddings=ref_emb, remove_diagonal=remove, gamma=10.0, margin=0.25)
+        np.testing.assert_allclose(gpuloss.circle(labels, emb, **kw), ref.circle(labels, emb, **kw), rtol=1e-12)
+    big_labels, big = rng.integers(0, 9, 300), normalised(300, 16)
+    assert big.shape[0] ** 2 >= pairwise.SERIAL_BELOW_PAIRS
+    np.testing.assert_allclose(gpuloss.circle(big_labels, big), ref.circle(big_labels, big), rtol=1e-11)
+    emb[4, 2] = np.nan
+    assert np.isnan(gpuloss.circle(labels, emb)).all()

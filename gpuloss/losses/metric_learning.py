@@ -64,9 +64,9 @@ def _array_module(x):
 
 
 def _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, gamma, margin, dtype):
-    """Circle loss rows in float64, blocked over rows so memory stays O(block·B). The pairwise
-    similarities are a matrix product, so the engine is the array's own: BLAS for NumPy
-    arrays, cuBLAS (and CuPy's elementwise kernels) for CuPy arrays, with the same code."""
+    """Circle loss rows in float64. NumPy arrays run a fused Numba kernel over the pairs; CuPy
+    arrays the array code below, blocked over rows so memory stays O(block·B), whose pairwise
+    similarities are a matrix product (cuBLAS) followed by CuPy's elementwise kernels."""
     xp = _array_module(y_pred)
     emb = xp.asarray(y_pred, dtype=xp.float64)
     labels = xp.asarray(y_true).astype(xp.int64)
@@ -77,6 +77,12 @@ def _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, ga
                          f"got {emb.shape} and {ref.shape}")
     if labels.shape != (emb.shape[0],) or ref_lab.shape != (ref.shape[0],):
         raise ValueError(f"Circle expects labels of shape (B,) and (M,); got {labels.shape} and {ref_lab.shape}")
+    if xp is np:  # the fused CPU kernel (kernels/numba/pairwise.py); CuPy keeps the array code below
+        from ..kernels.numba.pairwise import circle_rows
+
+        out = circle_rows(np.ascontiguousarray(emb), np.ascontiguousarray(labels), np.ascontiguousarray(ref),
+                          np.ascontiguousarray(ref_lab), remove_diagonal, gamma, margin)
+        return out.astype(dtype), out > 0
     out = xp.empty(emb.shape[0], dtype=xp.float64)
     block = 1024
     for r0 in range(0, emb.shape[0], block):
