@@ -320,12 +320,15 @@ def test_default_exponents_are_folded_into_their_modules():
     modules as constants; other values, and programs without such a parameter, keep the
     general module. Both modules give the same values (BFCE rows, predictions beyond [0, 1]
     too: the focal factor of a negative base)."""
-    from gpuloss.losses import probabilistic as P
+    from gpuloss.losses import metric_learning as M, probabilistic as P
 
     bfce = P.BFCE["keras2", False]
     params = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.0, "gamma": 2.0}
-    assert codegen.exponent_params(bfce) == ("gamma",)
-    assert codegen.exponent_params(P.CCE_PROBS) == ()
+    assert codegen.exponent_params(bfce) == (("gamma",), True)
+    assert codegen.exponent_params(P.CCE_PROBS) == ((), True)
+    assert codegen.exponent_params(M.TRIPLET) == (("norm",), True)  # power(d, norm), power(dp, 1 / norm)
+    assert codegen.folded_constants(M.TRIPLET, {"norm": 2.0, "margin": 1.0}) == (("norm", 2.0),)
+    assert codegen.folded_constants(M.TRIPLET, {"norm": 3.0, "margin": 1.0}) == ()
     assert codegen.folded_constants(bfce, params) == (("gamma", 2.0),)
     assert codegen.folded_constants(bfce, {**params, "gamma": 2.5}) == ()
     assert codegen.folded_constants(P.GCE, {"q": 0.5}) == (("q", 0.5),)
@@ -345,22 +348,29 @@ def test_default_exponents_are_folded_into_their_modules():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_power_folding_keeps_c_pow_semantics(dtype):
     """The folded exponents give C pow's special values (pow(-0, 0.5) = +0, pow(-inf, 0.5) =
-    +inf, NaN for a negative base), and other constant exponents the general power's."""
+    +inf, NaN for a negative base), other constant exponents the general power's (one compile
+    per dtype: each exponent a constant of its own row)."""
     from gpuloss import vocab
     from gpuloss.kernels.numba.vocab import power_folding
 
+    exponents = (2.0, 0.5, 1.0, 2.5, -1.0)
+    assert set(codegen.FOLDED_EXPONENTS) <= set(exponents)
+    c = numba.float32 if dtype == np.float32 else numba.float64
+
+    @numba.njit
+    def powers(v):
+        out = np.empty((5, v.size), v.dtype)
+        for i in range(v.size):
+            out[0, i] = power_folding(v[i], c(2.0))
+            out[1, i] = power_folding(v[i], c(0.5))
+            out[2, i] = power_folding(v[i], c(1.0))
+            out[3, i] = power_folding(v[i], c(2.5))
+            out[4, i] = power_folding(v[i], c(-1.0))
+        return out
+
     x = np.array([-np.inf, -2.0, -0.0, 0.0, 1e-30, 0.25, 1.0, 3.0, 1e30, np.inf, np.nan], dtype)
-    for y in (2.0, 0.5, 1.0, 2.5, -1.0):
-        exponent = dtype(y)
-
-        @numba.njit
-        def powers(v):
-            out = np.empty_like(v)
-            for i in range(v.size):
-                out[i] = power_folding(v[i], exponent)
-            return out
-
-        got = powers(x)
+    got_all = powers(x)
+    for y, got in zip(exponents, got_all):
         with np.errstate(over="ignore"):
             want = np.array([vocab.power(float(a), y) for a in x]).astype(dtype)
         # the general power is within about |y ln x| ulps (kernels/numba/fastmath64.py)

@@ -702,35 +702,62 @@ def tile_fits(program: RowProgram, C: int) -> bool:
 
 
 #: Exponents that a module folds into its code where a parameter that is an exponent of
-#: ``power`` takes one of them (see :func:`folded_constants`).
-FOLDED_EXPONENTS = (0.5, 1.0, 2.0)
-_EXPONENT_PARAMS: dict[str, tuple[str, ...]] = {}
+#: ``power`` takes one of them (see :func:`folded_constants`): the defaults of the losses. Each
+#: value is a module of its own, compiled on first use, so the list stays short.
+FOLDED_EXPONENTS = (0.5, 2.0)
+_EXPONENT_PARAMS: dict[str, tuple[tuple[str, ...], bool]] = {}
 
 
-def exponent_params(program: RowProgram) -> tuple[str, ...]:
-    """The program's parameters that some term passes, by name, as the exponent of ``power``
-    (the focal losses' ``gamma``, generalized crossentropy's ``q``); worked out once."""
+def _constant_names(expr: ast.AST, params: set[str]) -> set[str] | None:
+    """The parameters an expression of parameters and numbers reads (``gamma``, ``1 / norm``);
+    None if it reads anything else."""
+    names = set()
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name):
+            if node.id not in params:
+                return None
+            names.add(node.id)
+        elif not isinstance(node, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop, ast.Load)):
+            return None
+    return names
+
+
+def exponent_params(program: RowProgram) -> tuple[tuple[str, ...], bool]:
+    """The program's parameters that the exponents of its ``power`` calls read (the focal
+    losses' ``gamma``, generalized crossentropy's ``q``, the triplet loss's ``norm`` in
+    ``1 / norm``), and whether every exponent is built from parameters and numbers alone;
+    worked out once."""
     found = _EXPONENT_PARAMS.get(program.fingerprint)
     if found is None:
         params = set(program.param_names())
-        found = tuple(sorted({node.args[1].id for t in program.terms for node in ast.walk(t.tree)
-                              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                              and node.func.id == "power" and len(node.args) == 2
-                              and isinstance(node.args[1], ast.Name) and node.args[1].id in params}))
+        names: set[str] = set()
+        constant = True
+        for t in program.terms:
+            for node in ast.walk(t.tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "power":
+                    read = _constant_names(node.args[1], params) if len(node.args) == 2 else None
+                    constant = constant and read is not None
+                    names |= read or set()
+        found = (tuple(sorted(names)), constant)
         _EXPONENT_PARAMS[program.fingerprint] = found
     return found
 
 
 def folded_constants(program: RowProgram, params) -> tuple[tuple[str, float], ...]:
-    """(name, value) of the exponent parameters whose value is one of FOLDED_EXPONENTS: the
-    module of these values writes them into its kernels as constants and calls
-    ``power_folding``, whose tests of the exponent LLVM then resolves at compile time:
-    ``(1 - p)**2`` of the focal losses becomes a square, ``p**0.5`` of generalized
-    crossentropy a square root, both correctly rounded (exp(y log x) was within a few ulp).
-    With the exponent a runtime value those tests stay in the loop and slow it down (see
-    kernels/numba/vocab.py), so other values keep the general module."""
-    return tuple((n, float(params[n])) for n in exponent_params(program)
-                 if not isinstance(params[n], np.ndarray) and float(params[n]) in FOLDED_EXPONENTS)
+    """(name, value) of the exponent parameters, where every exponent of the program's powers is
+    built from them and each takes one of FOLDED_EXPONENTS (else nothing is folded). The module of
+    these values writes them into its kernels as constants and calls ``power_folding``, whose
+    tests of the exponent LLVM then resolves at compile time: ``(1 - p)**2`` of the focal
+    losses becomes a square, ``p**0.5`` of generalized crossentropy a square root, both
+    correctly rounded (exp(y log x) was within a few ulp). With a runtime exponent those tests
+    stay in the loop and slow it down (see kernels/numba/vocab.py): such modules keep the
+    general power."""
+    names, all_named = exponent_params(program)
+    if not names or not all_named:
+        return ()
+    out = tuple((n, float(params[n])) for n in names
+                if not isinstance(params[n], np.ndarray) and float(params[n]) in FOLDED_EXPONENTS)
+    return out if len(out) == len(names) else ()
 
 
 def module_source(program: RowProgram, dtype: str, column_params: tuple[str, ...] = (),
