@@ -316,10 +316,10 @@ def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
 
 
 def test_default_exponents_are_folded_into_their_modules():
-    """γ = 2 of the focal losses and q = 0.5 of generalized crossentropy are written into their
-    modules as constants; other values, and programs without such a parameter, keep the
-    general module. Both modules give the same values (BFCE rows, predictions beyond [0, 1]
-    too: the focal factor of a negative base)."""
+    """γ = 2 of the focal losses and q = 0.5 of generalized crossentropy are written as constants
+    into the module of their threaded kernels; other values, programs without such a parameter
+    and the serial kernels keep the general module. Both modules give the same values (BFCE
+    rows, predictions beyond [0, 1] too: the focal factor of a negative base)."""
     from gpuloss.losses import metric_learning as M, probabilistic as P
 
     bfce = P.BFCE["keras2", False]
@@ -332,8 +332,10 @@ def test_default_exponents_are_folded_into_their_modules():
     assert codegen.folded_constants(bfce, params) == (("gamma", 2.0),)
     assert codegen.folded_constants(bfce, {**params, "gamma": 2.5}) == ()
     assert codegen.folded_constants(P.GCE, {"q": 0.5}) == (("q", 0.5),)
-    folded = K.bind(bfce, "float32", params).module
-    general = K.kernel_module(bfce, "float32")
+    bound = K.bind(bfce, "float32", params)
+    folded, general = bound.kernels("par"), bound.kernels("ser")
+    assert general is K.kernel_module(bfce, "float32") and K.bind(bfce, "float32", {**params, "gamma": 2.5}).kernels(
+        "par") is general  # small calls, and other exponents, run the general module
     assert "power_folding" in Path(folded.__file__).read_text()
     assert "power_folding" not in Path(general.__file__).read_text()
     t = (rng.random(5000) < 0.5).astype(np.float32)
