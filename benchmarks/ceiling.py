@@ -12,7 +12,10 @@ Loads, arithmetic and accumulation are left out and the threads are assumed to s
 perfectly, so every real kernel stays below it. NumPy's SIMD exp/log/log1p are timed beside
 them: where they are slower, no faster function of the accuracy Keras's numbers need
 (≤ 2 ulp) is at hand on the machine, and a target above the ceiling is one the hardware
-forbids with these functions. ``power`` is timed with a runtime exponent (the focal γ).
+forbids with these functions. ``power`` is timed with a runtime exponent; where a case's
+exponents are folded into its kernels (γ = 2 of the focal losses, q = 0.5 of generalized CE,
+see gpuloss.kernels.numba.codegen.folded_constants: a square, a square root) its power
+calls are left out.
 """
 
 from __future__ import annotations
@@ -126,6 +129,13 @@ def ceiling_gelem_s(calls: dict[str, float], costs_ns: dict[str, float], threads
     return None if ns <= 0 else threads / ns
 
 
+def _folds_its_powers(plan) -> bool:
+    from gpuloss.kernels.numba import codegen
+
+    names, _ = codegen.exponent_params(plan.program)
+    return all(n in plan.params for n in names) and bool(codegen.folded_constants(plan.program, plan.params))
+
+
 def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
     """Function costs on this machine and, per case, its calls per element and ceiling."""
     from gpuloss.registry import LOSSES
@@ -140,6 +150,8 @@ def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
         if getattr(plan, "program", None) is None:  # Circle: a matrix product, no row program
             continue
         calls = calls_per_element(plan.program, inputs[1].shape[-1])
+        if "power" in calls and _folds_its_powers(plan):
+            del calls["power"]
         per_case[case.name] = {"calls": calls,
                                "ceiling_gelem_s": ceiling_gelem_s(calls, costs["gpuloss"], threads)}
     return {"threads": threads, "costs_ns": costs, "cases": per_case}
