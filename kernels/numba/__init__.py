@@ -211,7 +211,8 @@ class Bound:
         inputs) the module with the parameters' folded exponents where there is one (see
         codegen.folded_constants), else the general module. Small calls spend their time in
         overhead, not in the power, and one module for them spares a compile per kernel and
-        exponent value: with folded serial kernels too the test suite compiled ~30 % longer."""
+        exponent value (the test suite on a fresh clone, 2 cores: 405 s before folding, 583 s
+        with folded serial kernels too, 444 s with folded threaded kernels only)."""
         if suffix != "par" or not self.constants:
             return self.module
         if self._folded is None:
