@@ -129,15 +129,9 @@ def ceiling_gelem_s(calls: dict[str, float], costs_ns: dict[str, float], threads
     return None if ns <= 0 else threads / ns
 
 
-def _folds_its_powers(plan) -> bool:
-    from gpuloss.kernels.numba import codegen
-
-    names, _ = codegen.exponent_params(plan.program)
-    return all(n in plan.params for n in names) and bool(codegen.folded_constants(plan.program, plan.params))
-
-
 def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
     """Function costs on this machine and, per case, its calls per element and ceiling."""
+    from gpuloss.kernels.numba import codegen
     from gpuloss.registry import LOSSES
 
     from .cases import make_inputs
@@ -150,7 +144,7 @@ def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
         if getattr(plan, "program", None) is None:  # Circle: a matrix product, no row program
             continue
         calls = calls_per_element(plan.program, inputs[1].shape[-1])
-        if "power" in calls and _folds_its_powers(plan):
+        if "power" in calls and codegen.folded_constants(plan.program, plan.params):
             del calls["power"]
         per_case[case.name] = {"calls": calls,
                                "ceiling_gelem_s": ceiling_gelem_s(calls, costs["gpuloss"], threads)}

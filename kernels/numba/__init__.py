@@ -195,9 +195,9 @@ class Bound:
         self.dtype = dtype
         self.column_params = _column_params(params)
         self.module = kernel_module(program, dtype, self.column_params)
+        self.values = _param_values(program, params)  # raises for a missing parameter
         self.constants = codegen.folded_constants(program, params)
         self._folded: ModuleType | None = None
-        self.values = _param_values(program, params)
         self.flat = not self.column_params and _flattenable(program)
         self.tiled = codegen.tile_ok(program)
         # the generated module has them or not (codegen.direct_ok walks the terms: ~140 µs)
@@ -371,14 +371,15 @@ def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool,
 
 def rows(bound: Bound, arrays: Mapping[str, np.ndarray], labels=None, ignore_class: int | None = None):
     """Per-row loss values: returns (L of shape (R,), valid mask or None, bad label count)."""
-    program, mod, pv = bound.program, bound.kernels("par"), bound.values  # mod: the chunked kernels
+    program, pv = bound.program, bound.values
     R, C = _shape(program, arrays)
     out = np.empty(R, dtype=bound.dtype)
     if R == 0:
         return out, None, 0
     arrs = kernel_arrays(program, arrays, labels)
     route = rows_route(bound, R, C, flat_ok(bound, arrays), ignore_class, rows_contiguous(bound, arrays))
-    if route is None:
+    if route is None:  # few very long rows: the chunked kernels, threaded
+        mod = bound.kernels("par")
         pv = settled(bound, arrays).values
         sp = _sparse_args(program, ignore_class)
         stats = _chunked_stats(mod, program, arrs, pv)

@@ -139,10 +139,8 @@ class _Gen:
     def param_setup(self, ind: str) -> str:
         lines = []
         for n in self.params:
-            if n in self.colp:
+            if n in self.colp or n in self.constants:  # constants: written into the calls (see _call)
                 continue
-            if n in self.constants:
-                continue  # written into the calls (see _call)
             lines.append(f"{ind}{n}_T = _T(P_{n})")
             lines.append(f"{ind}{n}_F = _F(P_{n})")
         return "\n".join(lines) + ("\n" if lines else "")
@@ -745,18 +743,19 @@ def exponent_params(program: RowProgram) -> tuple[tuple[str, ...], bool]:
 
 def folded_constants(program: RowProgram, params) -> tuple[tuple[str, float], ...]:
     """(name, value) of the exponent parameters, where every exponent of the program's powers is
-    built from them and each takes one of FOLDED_EXPONENTS (else nothing is folded). The module of
-    these values writes them into its kernels as constants and calls ``power_folding``, whose
-    tests of the exponent LLVM then resolves at compile time: ``(1 - p)**2`` of the focal
-    losses becomes a square, ``p**0.5`` of generalized crossentropy a square root, both
-    correctly rounded (exp(y log x) was within a few ulp). With a runtime exponent those tests
-    stay in the loop and slow it down (see kernels/numba/vocab.py): such modules keep the
-    general power."""
+    built from them and each takes one of FOLDED_EXPONENTS in ``params`` (else nothing is
+    folded). The module of these values writes them into its kernels as constants and calls
+    ``power_folding``, whose tests of the exponent LLVM then resolves at compile time:
+    ``(1 - p)**2`` of the focal losses becomes a square, ``p**0.5`` of generalized crossentropy
+    a square root, both correctly rounded (exp(y log x) was within a few ulp). With a runtime
+    exponent those tests stay in the loop and slow it down (see kernels/numba/vocab.py): such
+    modules keep the general power."""
     names, all_named = exponent_params(program)
     if not names or not all_named:
         return ()
-    out = tuple((n, float(params[n])) for n in names
-                if not isinstance(params[n], np.ndarray) and float(params[n]) in FOLDED_EXPONENTS)
+    values = [params.get(n) for n in names]
+    out = tuple((n, float(v)) for n, v in zip(names, values)
+                if v is not None and not isinstance(v, np.ndarray) and float(v) in FOLDED_EXPONENTS)
     return out if len(out) == len(names) else ()
 
 
