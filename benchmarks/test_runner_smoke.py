@@ -82,3 +82,26 @@ def test_ceiling_of_two_logs():
     # two threads, two 0.5 ns logs per element: 2 / 1 ns = 2 Gelem/s
     assert ceiling_gelem_s({"log": 2.0}, {"log": 0.5}, 2) == pytest.approx(2.0)
     assert ceiling_gelem_s({}, {"log": 0.5}, 2) is None
+
+
+def test_fast_implementations_take_more_samples_per_round():
+    import time
+
+    from benchmarks.run import time_interleaved
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.003)
+
+    t = time_interleaved({"fast": fast, "slow": slow}, budget_s=0.0, min_rounds=4, max_rounds=4,
+                         sample_s=1e-4, warmup=0, prime=False, per_round=3)
+    assert t["slow"]["rounds"] == t["fast"]["rounds"] == 4
+    assert t["slow"]["samples"] == 4 and t["fast"]["samples"] == 12
+    assert t["slow"]["number"] == 1 and t["fast"]["number"] > 1
+    assert calls["slow"] == 1 + 4  # the calibration call and one sample a round
+    assert t["slow"]["median_s"] > 0.003 > t["fast"]["median_s"]
