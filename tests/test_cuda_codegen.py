@@ -479,10 +479,10 @@ class _NoParens(tr.ExprEmitter):
 
 
 class _WrongWord(tr.ExprEmitter):
-    """A broken translation: log1p emitted as log."""
+    """A broken translation: softplus emitted as log1p."""
 
     def _Call(self, node):
-        return super()._Call(node).replace("gl_log1p(", "gl_log(")
+        return super()._Call(node).replace("gl_softplus(", "gl_log1p(")
 
 
 @needs_cxx

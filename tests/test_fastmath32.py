@@ -1,4 +1,4 @@
-"""Tests for kernels/numba/fastmath32.py (vectorisable float32 exp/log/log1p/expm1/sigmoid).
+"""Tests for kernels/numba/fastmath32.py (vectorisable float32 exp/log/log1p/expm1/sigmoid/softplus).
 
 * accuracy: every function is run, through a jitted (vectorised) loop, over a
   strided sweep of ALL 2^32 float32 bit patterns (every 97th pattern, ~44.3M
@@ -61,12 +61,17 @@ def _ref_sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+def _ref_softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
 _REFS = {
     "exp32": np.exp,
     "log32": np.log,
     "log1p32": np.log1p,
     "expm1_32": np.expm1,
     "sigmoid32": _ref_sigmoid,
+    "softplus32": _ref_softplus,
 }
 
 
@@ -161,7 +166,16 @@ _SIGMOID_REGIONS = [
     _around(16.6, 1 << 16), _around(-16.6, 1 << 16),  # 1 + e stops changing
     _around(88.7, 1 << 12), _around(-88.7, 1 << 12),
 ]
+_SOFTPLUS_REGIONS = [
+    _span(-104.5, -87.0),  # e**-|x| subnormal, then 0
+    _around(0.0, 1 << 16), _around(-0.0, 1 << 16),
+    _around(LN2 / 2, 1 << 16), _around(-LN2 / 2, 1 << 16),  # exp's n = 0 / 1 switch
+    _around(0.3466, 1 << 16), _around(-0.3466, 1 << 16),  # 1 + e = sqrt(2): log's k switch
+    _around(16.6, 1 << 16), _around(-16.6, 1 << 16),  # 1 + e stops changing
+    _around(float(np.finfo(F32).max), 1 << 12), _around(-float(np.finfo(F32).max), 1 << 12),
+]
 REGIONS = {
+    "softplus32": _SOFTPLUS_REGIONS,
     "exp32": _EXP_REGIONS,
     "expm1_32": _EXP_REGIONS,
     "log32": _LOG_REGIONS,
@@ -233,7 +247,12 @@ SPECIAL_CASES = {
     "log32": [(1.0, 0.0), (0.0, -INF), (-0.0, -INF), (INF, INF), (-INF, NAN), (-1.0, NAN), (NAN, NAN),
               (-TINY_SUB, NAN), (TINY_SUB, float(F32(math.log(TINY_SUB))))],
     "log1p32": [(0.0, 0.0), (-0.0, -0.0), (-1.0, -INF), (-1.5, NAN), (-INF, NAN), (INF, INF), (NAN, NAN),
-                (TINY_SUB, TINY_SUB), (-TINY_SUB, -TINY_SUB), (float(np.finfo(F32).max), float(F32(math.log1p(float(np.finfo(F32).max)))))],
+                (TINY_SUB, TINY_SUB), (-TINY_SUB, -TINY_SUB), (float(np.finfo(F32).max), float(F32(math.log1p(float(np.finfo(F32).max))))),
+                # 1 + x rounds to 2: its rounding error is exact only as x - (u - 1)
+                (1.0 - 2.0**-24, float(F32(math.log1p(1.0 - 2.0**-24))))],
+    "softplus32": [(0.0, float(F32(LN2))), (-0.0, float(F32(LN2))), (INF, INF), (-INF, 0.0), (NAN, NAN),
+                   (-200.0, 0.0), (200.0, 200.0), (-100.0, float(F32(math.exp(-100.0)))),
+                   (float(np.finfo(F32).max), float(np.finfo(F32).max))],
     "sigmoid32": [(0.0, 0.5), (-0.0, 0.5), (INF, 1.0), (-INF, 0.0), (NAN, NAN), (-200.0, 0.0), (200.0, 1.0),
                   (-100.0, float(F32(math.exp(-100.0))))],
 }
@@ -254,6 +273,24 @@ def test_special_values(name: str) -> None:
         s = float(f(F32(x)))  # scalar path through the dispatcher
         assert _same(s, want), (name, x, s, want)
         assert _same(float(v), want), (name, x, float(v), want)
+
+
+@njit
+def _softplus_composed(x, out):
+    for i in range(x.size):
+        v = x[i]
+        m = v if (v > F32(0.0) or v != v) else F32(0.0)
+        out[i] = m + fm.log1p32(fm.exp32(-abs(v)))
+
+
+def test_softplus_is_the_composition_bit_for_bit() -> None:
+    # softplus32's exp and log1p are exp32 and log1p32 cut down to the ranges they see
+    x = np.concatenate([_strided(7), SPECIALS, *_SOFTPLUS_REGIONS])
+    want = np.empty_like(x)
+    _softplus_composed(x, want)
+    got = _apply("softplus32", x)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (x[~same][:8], got[~same][:8], want[~same][:8])
 
 
 def test_nan_with_payload_or_sign_gives_nan() -> None:

@@ -56,11 +56,18 @@ log32(x)
     then Fast2Sum) and everything small is added to its error term.
 log1p32(x)
     ``u = 1 + x`` is rounded; its exact rounding error ``c`` is recovered
-    (``x - (u - 1)`` for u < 2, ``1 - (u - x)`` for u >= 2, both exact) and
+    (``x - (u - 1)`` for u <= 2, ``1 - (u - x)`` for u > 2, both exact) and
     carried into the reduced argument: with ``u = 2^k*m``,
     ``(1 + x)/2^k - 1 = (m - 1) + c*2^-k = fa + fb`` exactly, the polynomial
     runs on fa and ``fb/(1 + fa)`` is added to first order.  For k == 0,
     ``fa == x`` exactly.  No division.
+softplus32(x)
+    ``max(x, 0) + log1p(e)`` with ``e = exp(-|x|)``, both functions cut down to the
+    range they see here: the exponent is <= 0 (no overflow clamp), and ``e`` lies in
+    [0, 1], so ``u = 1 + e`` is in [1, 2], ``k`` is 0 or 1 and the pole, negative,
+    signed-zero and overflow selects of log1p32 fall away.  The same bits as
+    ``max(x, 0) + log1p32(exp32(-|x|))`` for every float32 x (checked exhaustively),
+    in 0.96 instead of 1.35 ns per element (one core, in cache).
 sigmoid32(x)
     ``e = exp32(-|x|)`` (never overflows), ``1/(1+e)`` for x >= 0 and
     ``e/(1+e)`` for x < 0.  ``1+e`` is kept as an exact pair (Fast2Sum) and the
@@ -79,6 +86,8 @@ exp/log/log1p/expm1 (and a float64 sigmoid) rounded to float32:
     log32             1                     0.88
     log1p32           1                     0.88
     expm1_32          1                     0.95
+    softplus32        1                     -     (on the tests' 47.5M points,
+                                                   not exhaustively)
     sigmoid32         1                     1.48  (exp32's 0.5-ulp relative
                                                    error shows through where
                                                    sigmoid ~ e^x)
@@ -139,6 +148,7 @@ __all__ = [
     "log32",
     "log1p32",
     "sigmoid32",
+    "softplus32",
     "f32_as_i32",
     "i32_as_f32",
 ]
@@ -350,6 +360,22 @@ def exp32(x: np.float32) -> np.float32:
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def _exp_nonpositive(x: np.float32) -> np.float32:
+    """exp32 for x <= 0 or NaN: without the upper clamp (bit for bit exp32 there)."""
+    xc = x if x > _EXP_LO else _EXP_LO
+    n = _rint(xc * _LOG2E)
+    r = _fma(-n, _LN2_HI, xc)
+    r = _fma(-n, _LN2_LO, r)
+    q = _fma(_fma(_fma(_fma(_E4, r, _E3), r, _E2), r, _E1), r, _E0)
+    s = _ONE + r
+    p = s + ((r - (s - _ONE)) + (r * r) * q)
+    n1 = _rint(n * _HALF)
+    n2 = n - n1
+    y = (p * _pow2(n1)) * _pow2(n2)
+    return y if x == x else x
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def expm1_32(x: np.float32) -> np.float32:
     """e**x - 1 in float32 (within 1 ulp of the rounded result over all inputs)."""
     x = np.float32(x)
@@ -413,8 +439,10 @@ def log1p32(x: np.float32) -> np.float32:
     x = np.float32(x)
     u = x + _ONE  # u >= 2^-24 for x > -1, never subnormal
     m, k = _split_sqrt2(u)
-    # exact rounding error c = (1 + x) - u; both expressions are exact in their range
-    c = _ONE - (u - x) if u >= _TWO else x - (u - _ONE)
+    # exact rounding error c = (1 + x) - u; both expressions are exact in their range (at
+    # u = 2 only the second: x = 1 - 2^-24 gave 1 - (2 - x) = 1 - round(1 + 2^-24) and the
+    # other neighbour of log1p(x), 1 ulp off)
+    c = _ONE - (u - x) if u > _TWO else x - (u - _ONE)
     kk = k if k < _126 else _126
     d = c * _pow2(-kk)
     # (1 + x) / 2^k - 1 = (m - 1) + d exactly; split it into fa + fb (Fast2Sum:
@@ -434,10 +462,34 @@ def log1p32(x: np.float32) -> np.float32:
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def _log1p_unit(x: np.float32) -> np.float32:
+    """log1p32 for x in [0, 1] or NaN (bit for bit log1p32 there): u = 1 + x is in [1, 2],
+    u - 1 is exact, k is 0 or 1, and no pole, negative, signed-zero or infinite input."""
+    u = x + _ONE
+    m, k = _split_sqrt2(u)
+    c = x - (u - _ONE)
+    d = c * (_ONE - _HALF * k)  # c / 2^k
+    f = m - _ONE
+    fa = f + d
+    fb = d - (fa - f)
+    hi, lo = _log_kernel(fa, k)
+    y = hi + (lo + _fma(-fb, fa, fb))
+    return y if x == x else x
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def softplus32(x: np.float32) -> np.float32:
+    """log(1 + e**x) = max(x, 0) + log1p(e**-|x|) in float32, no overflow."""
+    x = np.float32(x)
+    m = x if (x > _ZERO or x != x) else _ZERO
+    return m + _log1p_unit(_exp_nonpositive(-abs(x)))
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def sigmoid32(x: np.float32) -> np.float32:
     """1 / (1 + e**-x) in float32 (within 1 ulp of the rounded result), no overflow."""
     x = np.float32(x)
-    e = exp32(-abs(x))
+    e = _exp_nonpositive(-abs(x))
     num = _ONE if x >= _ZERO else e  # NaN: e is NaN and so is the result
     s = _ONE + e  # Fast2Sum(1, e), e <= 1
     lo = e - (s - _ONE)

@@ -136,10 +136,7 @@ def _sigmoid(x):
 @overload(softplus, inline="always")
 def _softplus(x):
     if _is32(x):
-        def impl32(x):
-            m = x if (x > np.float32(0.0) or x != x) else np.float32(0.0)
-            return m + _f32.log1p32(_f32.exp32(-abs(x)))
-        return impl32
+        return lambda x: _f32.softplus32(x)
 
     def impl64(x):
         m = x if (x > 0.0 or x != x) else 0.0
