@@ -506,16 +506,18 @@ class _Gen:
             L += [f"{ind}for i in range(nt):", f"{inner}r = r0 + i",
                   self.slices(inner, "r", ":").rstrip("\n")]
             for stats in self.p.passes:
-                L += [f"{inner}a_{n} = {'0.0' if st.kind == 'sum' else '-np.inf'}" for n, st in stats]
+                L += [f"{inner}a_{n} = {'0.0' if st.kind == 'sum' else '_T(-np.inf)'}" for n, st in stats]
                 L.append(f"{inner}for j in range(C):")
                 for n, st in stats:
-                    v = f"_F({self._call(st.term, 'e_', '_T', 'j', 'j', row='i')})"
+                    v = self._call(st.term, 'e_', '_T', 'j', 'j', row='i')
                     if st.kind == "sum":
-                        L.append(f"{inner}    a_{n} += fenced({v})")
-                    else:  # NaN skipped, as max64 and the copied tiles
+                        L.append(f"{inner}    a_{n} += fenced(_F({v}))")
+                    else:  # NaN skipped, as max64 and the copied tiles; in the compute dtype, as
+                        # there (CategoricalHinge, 1e7 float32, alternating processes: 4.80 -> 4.39 ms)
                         L += [f"{inner}    v_{n} = {v}", f"{inner}    a_{n} = v_{n} if v_{n} > a_{n} else a_{n}"]
-                for n, _ in stats:
-                    L += [f"{inner}st_{n}[i] = a_{n}", f"{inner}st_{n}_T[i] = _T(a_{n})"]
+                for n, st in stats:
+                    L += ([f"{inner}st_{n}[i] = a_{n}", f"{inner}st_{n}_T[i] = _T(a_{n})"] if st.kind == "sum" else
+                          [f"{inner}st_{n}[i] = _F(a_{n})", f"{inner}st_{n}_T[i] = a_{n}"])
         if self.p.sparse:
             # the labels first, in a loop of their own (state 0: a class, 1: ignore_class,
             # 2: outside [0, C), never read), then the finish over the tile's rows, which
