@@ -339,12 +339,8 @@ _127 = _f32(127.0)
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
-def exp32(x: np.float32) -> np.float32:
-    """e**x in float32 (within 1 ulp of the rounded result over all inputs)."""
-    x = np.float32(x)
-    # clamp; NaN fails both comparisons and becomes _EXP_LO (fixed at the end)
-    xc = x if x > _EXP_LO else _EXP_LO
-    xc = xc if xc < _EXP_HI else _EXP_HI
+def _exp_of_clamped(xc: np.float32, x: np.float32) -> np.float32:
+    """e**xc for xc in [_EXP_LO, _EXP_HI], NaN where x is NaN (x clamped to xc by the caller)."""
     n = _rint(xc * _LOG2E)
     r = _fma(-n, _LN2_HI, xc)  # exact
     r = _fma(-n, _LN2_LO, r)
@@ -360,19 +356,19 @@ def exp32(x: np.float32) -> np.float32:
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def exp32(x: np.float32) -> np.float32:
+    """e**x in float32 (within 1 ulp of the rounded result over all inputs)."""
+    x = np.float32(x)
+    # clamp; NaN fails both comparisons and becomes _EXP_LO (fixed at the end)
+    xc = x if x > _EXP_LO else _EXP_LO
+    xc = xc if xc < _EXP_HI else _EXP_HI
+    return _exp_of_clamped(xc, x)
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def _exp_nonpositive(x: np.float32) -> np.float32:
     """exp32 for x <= 0 or NaN: without the upper clamp (bit for bit exp32 there)."""
-    xc = x if x > _EXP_LO else _EXP_LO
-    n = _rint(xc * _LOG2E)
-    r = _fma(-n, _LN2_HI, xc)
-    r = _fma(-n, _LN2_LO, r)
-    q = _fma(_fma(_fma(_fma(_E4, r, _E3), r, _E2), r, _E1), r, _E0)
-    s = _ONE + r
-    p = s + ((r - (s - _ONE)) + (r * r) * q)
-    n1 = _rint(n * _HALF)
-    n2 = n - n1
-    y = (p * _pow2(n1)) * _pow2(n2)
-    return y if x == x else x
+    return _exp_of_clamped(x if x > _EXP_LO else _EXP_LO, x)
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
