@@ -435,7 +435,8 @@ class _Gen:
                 L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
                 if direct:
                     continue
-                L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
+                if _buffered(st):
+                    L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
                 if st.kind == "max":
                     L.append(f"        alt_{n} = np.empty(tr, dtype=_T)")
         L += ["        swl = 0.0", "        sw = 0.0", "        cnt = 0.0"]
@@ -469,23 +470,17 @@ class _Gen:
             # the float64 statistics kept the exp-bearing loops scalar (CCE from logits'
             # Σ exp: 25 → 10.6 ms per 1e7 elements, one thread)
             # a maximum of a term without exp or log is taken in the loop that computes the
-            # term, without the buffer, in the compute dtype (below). Both together, 1e7
-            # float32 in rows of 10, 2-core EPYC, whole calls, medians of 3 alternating
-            # processes (ms): SCCE from logits 7.02 -> 6.33, CCE from logits 9.93 -> 9.63
-            fused = {n for n, st in stats if st.kind == "max" and not _costly([st.term])}
-            if len(fused) < len(stats):
+            # term, without the buffer (see _buffered), in the compute dtype (below). Both
+            # together, 1e7 float32 in rows of 10, 2-core EPYC, whole calls, medians of 3
+            # alternating processes (ms): SCCE from logits 7.02 -> 6.33, CCE from logits 9.93 -> 9.63
+            buffered = [(n, st) for n, st in stats if _buffered(st)]
+            if buffered:
                 L.append(f"{ind}    for i in range(nt):")
-            for n, st in stats:
-                if n not in fused:
-                    L.append(f"{ind}        tv_{n}[i] = {self._call(st.term, 'e_', '_T', 'i', 'j', row='i')}")
+            for n, st in buffered:
+                L.append(f"{ind}        tv_{n}[i] = {self._call(st.term, 'e_', '_T', 'i', 'j', row='i')}")
             for n, st in stats:
                 L.append(f"{ind}    for i in range(nt):")
-                if n in fused:
-                    L.append(f"{ind}        v = {self._call(st.term, 'e_', '_T', 'i', 'j', row='i')}")
-                    L.append(f"{ind}        c = st_{n}_T[i]")
-                    L.append(f"{ind}        alt_{n}[i] = v if v > c else c")
-                    L.append(f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T")
-                elif st.kind == "sum":
+                if st.kind == "sum":
                     L.append(f"{ind}        st_{n}[i] += _F(tv_{n}[i])")
                 else:
                     # NaN skipped, as max64 (the program's sums carry it). The new maximum
@@ -494,7 +489,8 @@ class _Gen:
                     # microcoded on AMD (10 classes: 6.3 → 1.3 ms per 1e7 elements). In the
                     # compute dtype: the maximum of float32 values is the same in float32 as
                     # in float64, and twice as many lanes compare at once
-                    L.append(f"{ind}        v = tv_{n}[i]")
+                    v = f"tv_{n}[i]" if _buffered(st) else self._call(st.term, 'e_', '_T', 'i', 'j', row='i')
+                    L.append(f"{ind}        v = {v}")
                     L.append(f"{ind}        c = st_{n}_T[i]")
                     L.append(f"{ind}        alt_{n}[i] = v if v > c else c")
                     L.append(f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T")
@@ -690,6 +686,12 @@ class _Gen:
         if self.p.passes:
             parts.append(self.chunk_kernels())
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+def _buffered(stat) -> bool:
+    """A statistic of the copied tiles whose term values go through a buffer first: every sum,
+    and maxima of terms with exp or log (the rest are taken in the term's own loop)."""
+    return stat.kind == "sum" or _costly([stat.term])
 
 
 def _costly(terms: list[Term]) -> bool:

@@ -430,6 +430,21 @@ def log32(x: np.float32) -> np.float32:
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
+def _log1p_of_split(m: np.float32, k: np.float32, d: np.float32) -> np.float32:
+    """log1p(x) from u = 1 + x = 2^k*m and d = c*2^-k, c = (1 + x) - u exactly."""
+    # (1 + x) / 2^k - 1 = (m - 1) + d exactly; split it into fa + fb (Fast2Sum:
+    # m - 1 is either 0 or at least twice |d|).  For k == 0, fa == x, fb == 0.
+    f = m - _ONE
+    fa = f + d
+    fb = d - (fa - f)
+    hi, lo = _log_kernel(fa, k)
+    # log1p(fa + fb) = log1p(fa) + fb/(1 + fa) + O(fb^2); |fb| <= ulp(fa)/2, so first
+    # order is plenty
+    # (rounding fa + fb instead cost 1.46 ulp at x = 0.435)
+    return hi + (lo + _fma(-fb, fa, fb))
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def log1p32(x: np.float32) -> np.float32:
     """log(1 + x) in float32 (within 1 ulp of the rounded result over all inputs)."""
     x = np.float32(x)
@@ -440,17 +455,7 @@ def log1p32(x: np.float32) -> np.float32:
     # other neighbour of log1p(x), 1 ulp off)
     c = _ONE - (u - x) if u > _TWO else x - (u - _ONE)
     kk = k if k < _126 else _126
-    d = c * _pow2(-kk)
-    # (1 + x) / 2^k - 1 = (m - 1) + d exactly; split it into fa + fb (Fast2Sum:
-    # m - 1 is either 0 or at least twice |d|).  For k == 0, fa == x, fb == 0.
-    f = m - _ONE
-    fa = f + d
-    fb = d - (fa - f)
-    hi, lo = _log_kernel(fa, k)
-    # log1p(fa + fb) = log1p(fa) + fb/(1 + fa) + O(fb^2); |fb| <= ulp(fa)/2, so first
-    # order is plenty
-    # (rounding fa + fb instead cost 1.46 ulp at x = 0.435)
-    y = hi + (lo + _fma(-fb, fa, fb))
+    y = _log1p_of_split(m, k, c * _pow2(-kk))
     y = x if x == _ZERO else y  # keep the sign of zero
     y = _NINF if x == -_ONE else y
     y = y if x < _INF else x  # +inf -> +inf, NaN -> NaN
@@ -463,13 +468,7 @@ def _log1p_unit(x: np.float32) -> np.float32:
     u - 1 is exact, k is 0 or 1, and no pole, negative, signed-zero or infinite input."""
     u = x + _ONE
     m, k = _split_sqrt2(u)
-    c = x - (u - _ONE)
-    d = c * (_ONE - _HALF * k)  # c / 2^k
-    f = m - _ONE
-    fa = f + d
-    fb = d - (fa - f)
-    hi, lo = _log_kernel(fa, k)
-    y = hi + (lo + _fma(-fb, fa, fb))
+    y = _log1p_of_split(m, k, (x - (u - _ONE)) * (_ONE - _HALF * k))  # c / 2^k
     return y if x == x else x
 
 
