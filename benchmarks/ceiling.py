@@ -15,7 +15,9 @@ them: where they are slower, no faster function of the accuracy Keras's numbers 
 forbids with these functions. ``power`` is timed with a runtime exponent; where a case's
 exponents are folded into its kernels (γ = 2 of the focal losses, q = 0.5 of generalized CE,
 see gpuloss.kernels.numba.codegen.folded_constants: a square, a square root) its power
-calls are left out.
+calls are left out. Where a case's logs read clipped arguments (the crossentropies of
+probabilities, KL: gpuloss.program.RowProgram.log_floor) its kernels call ``log_positive``,
+log without the zero, subnormal, negative and infinite cases, and its logs are costed as that.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from gpuloss.vocab import TRANSCENDENTAL
 __all__ = ["FUNCTIONS", "calls_per_element", "function_costs", "ceiling_gelem_s", "measure"]
 
 #: The vocabulary's functions that cost more than a few flops (the rest are selects and
-#: arithmetic, folded into the loop's own cost).
-FUNCTIONS = TRANSCENDENTAL
+#: arithmetic, folded into the loop's own cost), and the log of clipped arguments.
+FUNCTIONS = TRANSCENDENTAL + ("log_positive",)
 _NUMPY = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 _N = 1 << 15  # 128 KiB of float32 in and out: both stay in L2
 
@@ -131,6 +133,7 @@ def ceiling_gelem_s(calls: dict[str, float], costs_ns: dict[str, float], threads
 
 def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
     """Function costs on this machine and, per case, its calls per element and ceiling."""
+    from gpuloss import epsilon
     from gpuloss.kernels.numba import codegen
     from gpuloss.registry import LOSSES
 
@@ -146,6 +149,8 @@ def measure(cases, threads: int, repeats: int = 200) -> dict[str, Any]:
         calls = calls_per_element(plan.program, inputs[1].shape[-1])
         if "power" in calls and codegen.folded_constants(plan.program, plan.params):
             del calls["power"]
+        if "log" in calls and codegen.positive_logs(plan.program, {**plan.params, "epsilon": epsilon()}):
+            calls["log_positive"] = calls.pop("log")
         per_case[case.name] = {"calls": calls,
                                "ceiling_gelem_s": ceiling_gelem_s(calls, costs["gpuloss"], threads)}
     return {"threads": threads, "costs_ns": costs, "cases": per_case}

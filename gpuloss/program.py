@@ -128,6 +128,12 @@ class RowProgram:
     #: while it sums (see :class:`Guessable`): "binary_labels", every element of ``t`` is 0
     #: or 1 (Hinge's batch-global label rule).
     check: str | None = None
+    #: The parameter that every ``log`` argument of the element terms is clipped to, from
+    #: ``floor`` up to ``1 / floor`` (or NaN), as Keras clips before its logs: "epsilon" for
+    #: the crossentropies of probabilities and KL. Where its value is a normal number up to
+    #: 0.5 the CPU kernels take a log without the zero, subnormal, negative and infinite
+    #: cases (kernels/numba/codegen.positive_logs), with the same results.
+    log_floor: str | None = None
 
     @property
     def terms(self) -> list[Term]:
@@ -159,7 +165,7 @@ class RowProgram:
     def fingerprint(self) -> str:
         """A hash of everything that shapes the generated code (computed once)."""
         h = hashlib.sha256()
-        h.update(repr((self.name, self.elements, self.sparse, self.flat_scale, self.check)).encode())
+        h.update(repr((self.name, self.elements, self.sparse, self.flat_scale, self.check, self.log_floor)).encode())
         for p in self.passes:
             h.update(repr([(n, s.kind, s.term.name) for n, s in p]).encode())
         for t in self.terms:
@@ -190,7 +196,7 @@ def row_sum(s):
 
 
 def elementwise(element_term: Term, reduce: str = "mean", name: str | None = None,
-                check: str | None = None) -> RowProgram:
+                check: str | None = None, log_floor: str | None = None) -> RowProgram:
     """The common shape: one Sum of ``element_term`` per row, then its mean or sum."""
     finish = row_mean if reduce == "mean" else row_sum
     elements = tuple(a for a in element_term.args if a in ELEMENT_NAMES)
@@ -203,6 +209,7 @@ def elementwise(element_term: Term, reduce: str = "mean", name: str | None = Non
         finish=finish,
         flat_scale=reduce,
         check=check,
+        log_floor=log_floor,
     )
 
 

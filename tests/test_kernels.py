@@ -305,7 +305,7 @@ def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
                  float(gpuloss.CategoricalCrossentropy(reduction="none")(y, p).mean()),
                  float(loss(y_ro, p_ro, sample_weight=w_ro)),
                  float(loss(y_ro, p_ro)), float(loss(y_ro, p_ro))]  # the second: a repeated call
-        print(json.dumps([calls, len(K.kernel_module(P.CCE_PROBS, "float32").tile_ser.signatures)]))
+        print(json.dumps([calls, len(K.kernel_module(P.CCE_PROBS, "float32", positive_logs=True).tile_ser.signatures)]))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     calls, n_signatures = json.loads(out)
@@ -334,7 +334,8 @@ def test_default_exponents_are_folded_into_their_modules():
     assert codegen.folded_constants(P.GCE, {"q": 0.5}) == (("q", 0.5),)
     bound = K.bind(bfce, "float32", params)
     folded, general = bound.kernels("par"), bound.kernels("ser")
-    assert general is K.kernel_module(bfce, "float32") and K.bind(bfce, "float32", {**params, "gamma": 2.5}).kernels(
+    assert general is K.kernel_module(bfce, "float32", positive_logs=True) and K.bind(
+        bfce, "float32", {**params, "gamma": 2.5}).kernels(
         "par") is general  # small calls, and other exponents, run the general module
     assert "power_folding" in Path(folded.__file__).read_text()
     assert "power_folding" not in Path(general.__file__).read_text()
@@ -345,6 +346,41 @@ def test_default_exponents_are_folded_into_their_modules():
     folded.flat_rows_ser(t, p, got, *pv)
     general.flat_rows_ser(t, p, want, *pv)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
+def test_logs_of_clipped_arguments_skip_the_special_cases_with_the_same_bits():
+    """Programs that clip every log argument to [ε, 1/ε] (RowProgram.log_floor) call
+    log_positive where ε lies in [2^-24, 0.5], which Keras's default does; the general log
+    otherwise (ε = 0: the logs meet 0). On every kind of input, NaN, ±inf and predictions
+    outside [0, 1] included, both modules give the same bits."""
+    from gpuloss.losses import probabilistic as P
+
+    eps = {"epsilon": np.float32(1e-7), "one_minus_epsilon": np.float32(1 - 1e-7), "label_smoothing": 0.0}
+    assert codegen.positive_logs(P.BCE["keras2"], eps)
+    assert not codegen.positive_logs(P.BCE["keras2"], {**eps, "epsilon": 0.0})
+    assert not codegen.positive_logs(P.BCE["keras2"], {**eps, "epsilon": 2.0**-30})  # 1 - ε rounds to 1
+    assert not codegen.positive_logs(P.BCE["logits"], eps)
+    assert not codegen.positive_logs(P.POISSON, eps)  # log(p + ε) of an unclipped p
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-45, 1e-38, 2.0, 1e30], np.float32)
+    for program, params in ((P.BCE["keras2"], eps), (P.BCE["keras3"], eps), (P.KLD, eps),
+                            (P.BFCE["keras2", True], {**eps, "gamma": 1.5, "alpha": 0.25}),
+                            (P.CCE_PROBS, eps), (P.CFCE_LOGITS, {**eps, "gamma": 1.5, "alpha": 0.25,
+                                                                 "label_classes": 7.0})):
+        shape = (997, 7)
+        t = rng.uniform(-0.2, 1.2, shape).astype(np.float32)
+        p = rng.uniform(-0.2, 1.2, shape).astype(np.float32)
+        p.flat[::13] = np.resize(special, p.flat[::13].shape)
+        t.flat[5::17] = np.resize(special, t.flat[5::17].shape)
+        bound = K.bind(program, "float32", params)
+        assert bound.positive_logs and "log_positive" in Path(bound.module.__file__).read_text()
+        general = K.kernel_module(program, "float32", K._column_params(params))
+        assert "log_positive" not in Path(general.__file__).read_text()
+        pv = K._param_values(program, params)
+        got, want = np.empty(shape[0], np.float32), np.empty(shape[0], np.float32)
+        bound.module.rows_ser(t, p, got, *pv)
+        general.rows_ser(t, p, want, *pv)
+        assert np.isnan(want).any() and np.isfinite(want).any()
+        assert _bits(got) == _bits(want), program.name
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

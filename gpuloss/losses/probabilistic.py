@@ -111,12 +111,14 @@ def bfce_probs_keras3_balanced(t, p, label_smoothing, gamma, alpha, epsilon, one
             * bfce_probs_keras3(t, p, label_smoothing, gamma, epsilon, one_minus_epsilon))
 
 
-BCE = {"logits": elementwise(bce_logits), "keras2": elementwise(bce_probs_keras2),
-       "keras3": elementwise(bce_probs_keras3)}
-BFCE = {(path, balanced): elementwise(t) for (path, balanced), t in {
-    ("logits", False): bfce_logits, ("keras2", False): bfce_probs_keras2, ("keras3", False): bfce_probs_keras3,
-    ("logits", True): bfce_logits_balanced, ("keras2", True): bfce_probs_keras2_balanced,
-    ("keras3", True): bfce_probs_keras3_balanced}.items()}
+# the logs of the probability paths read q = clip(p, ε, 1 - ε) (see RowProgram.log_floor)
+BCE = {"logits": elementwise(bce_logits), "keras2": elementwise(bce_probs_keras2, log_floor="epsilon"),
+       "keras3": elementwise(bce_probs_keras3, log_floor="epsilon")}
+BFCE = {(path, balanced): elementwise(t, log_floor=None if path == "logits" else "epsilon")
+        for (path, balanced), t in {
+            ("logits", False): bfce_logits, ("keras2", False): bfce_probs_keras2,
+            ("keras3", False): bfce_probs_keras3, ("logits", True): bfce_logits_balanced,
+            ("keras2", True): bfce_probs_keras2_balanced, ("keras3", True): bfce_probs_keras3_balanced}.items()}
 
 
 @loss("BinaryCrossentropy", get_aliases=("bce", "BCE"))
@@ -213,17 +215,18 @@ def sum_finish(s):
     return s
 
 
-CCE_PROBS = RowProgram("cce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cce_prob_element)),)), row_sum)
+CCE_PROBS = RowProgram("cce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cce_prob_element)),)), row_sum,
+                       log_floor="epsilon")
 CCE_LOGITS = RowProgram(
     "cce_logits", ("t", "p"),
     ((("m", Max(element)),),
      (("e", Sum(shifted_exp)), ("ys", Sum(smoothed_label)), ("yx", Sum(smoothed_label_times_shifted_logit)))),
     cce_logits_finish)
 CFCE_PROBS = RowProgram("cfce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cfce_prob_element)),)),
-                        row_sum)
+                        row_sum, log_floor="epsilon")
 CFCE_LOGITS = RowProgram("cfce_logits", ("t", "p"),
                          ((("m", Max(element)),), (("e", Sum(shifted_exp)),), (("s", Sum(cfce_logit_element)),)),
-                         row_sum)
+                         row_sum, log_floor="epsilon")
 
 
 @loss("CategoricalCrossentropy")
@@ -333,7 +336,7 @@ def kl_term(t, p, epsilon):
 
 
 POISSON = elementwise(poisson_term)
-KLD = elementwise(kl_term, reduce="sum")
+KLD = elementwise(kl_term, reduce="sum", log_floor="epsilon")
 
 
 @loss("Poisson")

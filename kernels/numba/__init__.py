@@ -87,10 +87,11 @@ def cache_dir() -> Path:
 
 
 def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = (),
-                  constants: tuple[tuple[str, float], ...] = ()) -> ModuleType:
+                  constants: tuple[tuple[str, float], ...] = (), positive_logs: bool = False) -> ModuleType:
     """The generated kernel module of ``program`` for ``dtype`` (and the parameter values
-    ``constants`` written into it, see codegen.folded_constants), written and imported once."""
-    key = (program.fingerprint, dtype, column_params, constants)
+    ``constants`` written into it, see codegen.folded_constants; its logs ``log_positive``
+    where ``positive_logs``, see codegen.positive_logs), written and imported once."""
+    key = (program.fingerprint, dtype, column_params, constants, positive_logs)
     mod = _MODULES.get(key)
     if mod is not None:
         return mod
@@ -98,7 +99,7 @@ def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...
         mod = _MODULES.get(key)
         if mod is not None:
             return mod
-        src = codegen.module_source(program, dtype, column_params, constants)
+        src = codegen.module_source(program, dtype, column_params, constants, positive_logs)
         digest = hashlib.sha256(src.encode()).hexdigest()[:16]
         name = f"gl_{program.name}_{dtype}_{digest}"
         folder = cache_dir()
@@ -187,14 +188,15 @@ class Bound:
     repeated call skips the look-ups: ~5 µs of a ~20 µs call at 1e3 elements)."""
 
     __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "direct", "otherwise",
-                 "constants", "_folded")
+                 "constants", "positive_logs", "_folded")
 
     def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object],
                  otherwise: "Bound | None" = None):
         self.program = program
         self.dtype = dtype
         self.column_params = _column_params(params)
-        self.module = kernel_module(program, dtype, self.column_params)
+        self.positive_logs = codegen.positive_logs(program, params)
+        self.module = kernel_module(program, dtype, self.column_params, positive_logs=self.positive_logs)
         self.values = _param_values(program, params)  # raises for a missing parameter
         self.constants = codegen.folded_constants(program, params)
         self._folded: ModuleType | None = None
@@ -216,7 +218,8 @@ class Bound:
         if suffix != "par" or not self.constants:
             return self.module
         if self._folded is None:
-            self._folded = kernel_module(self.program, self.dtype, self.column_params, self.constants)
+            self._folded = kernel_module(self.program, self.dtype, self.column_params, self.constants,
+                                         self.positive_logs)
         return self._folded
 
 

@@ -124,8 +124,9 @@ def _emit_term(t: Term, prefix: str, cast: str, term_names: set[str]) -> str:
 
 class _Gen:
     def __init__(self, program: RowProgram, dtype: str, column_params: tuple[str, ...],
-                 constants: tuple[tuple[str, float], ...] = ()):
+                 constants: tuple[tuple[str, float], ...] = (), positive_logs: bool = False):
         self.p = program
+        self.positive_logs = positive_logs
         self.dtype = dtype
         self.params = program.param_names()
         self.colp = tuple(column_params)
@@ -662,6 +663,7 @@ class _Gen:
             "from numba import njit, prange, float32, float64",
             _VOCAB_IMPORT,
             *(["from gpuloss.kernels.numba.vocab import power_folding as power"] if self.constants else []),
+            *(["from gpuloss.kernels.numba.vocab import log_positive as log"] if self.positive_logs else []),
             f"_T = {self.dtype}",
             "_F = float64",
             f"FASTMATH = {sorted(FASTMATH)!r}",
@@ -785,10 +787,26 @@ def folded_constants(program: RowProgram, params) -> tuple[tuple[str, float], ..
     return out if len(out) == len(names) else ()
 
 
+def positive_logs(program: RowProgram, params) -> bool:
+    """Whether the program's ``log`` calls can take ``log_positive`` (kernels/numba/vocab.py)
+    for these parameter values: the program clips every log argument to [floor, 1/floor]
+    (``RowProgram.log_floor``) and the floor lies in [2^-24, 0.5], so that it is a normal
+    number and ``1 - floor`` rounds below 1 even in float32 (Keras 3's ``log(1 - q)`` of a
+    clipped q stays positive). Keras's default ε = 1e-7 does; ε = 0 does not (its logs meet
+    0 and must give -inf)."""
+    if program.log_floor is None:
+        return False
+    v = params.get(program.log_floor)
+    if v is None or isinstance(v, np.ndarray):
+        return False
+    return bool(2.0**-24 <= float(v) <= 0.5)
+
+
 def module_source(program: RowProgram, dtype: str, column_params: tuple[str, ...] = (),
-                  constants: tuple[tuple[str, float], ...] = ()) -> str:
+                  constants: tuple[tuple[str, float], ...] = (), positive_logs: bool = False) -> str:
     """The kernels of ``program`` for compute dtype ``dtype`` ("float32" or "float64");
-    ``constants`` as from :func:`folded_constants`."""
+    ``constants`` as from :func:`folded_constants`; ``positive_logs`` as from
+    :func:`positive_logs`."""
     for t in program.terms:
         check_term(t)  # the CPU backend accepts only what every backend can translate
-    return _Gen(program, dtype, column_params, constants).module()
+    return _Gen(program, dtype, column_params, constants, positive_logs).module()

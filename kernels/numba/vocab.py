@@ -34,7 +34,7 @@ power = _py.power
 sigmoid = _py.sigmoid
 softplus = _py.softplus
 
-__all__ = ["exp", "log", "log1p", "sqrt", "rsqrt", "maximum", "minimum", "clip", "power",
+__all__ = ["exp", "log", "log_positive", "log1p", "sqrt", "rsqrt", "maximum", "minimum", "clip", "power",
            "sigmoid", "softplus", "label_index", "power_folding"]
 
 
@@ -55,6 +55,20 @@ def _log(x):
         return lambda x: _f32.log32(x)
     # float64: the vectorisable log64 (within 1 ulp), which the finish terms of float32
     # kernels call once per row (see fastmath64)
+    return lambda x: _f64.log64(x)
+
+
+def log_positive(x):  # pragma: no cover - only called from jitted code
+    """``log`` in the kernels of a program whose log arguments are clipped to [ε, 1/ε] with ε
+    a normal number (see gpuloss.program.RowProgram.log_floor): the same values, without
+    the cases that such an argument cannot take (zero, subnormal, negative, infinite)."""
+    raise NotImplementedError
+
+
+@overload(log_positive, inline="always")
+def _log_positive(x):
+    if _is32(x):
+        return lambda x: _f32.log32_positive(x)
     return lambda x: _f64.log64(x)
 
 
