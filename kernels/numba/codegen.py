@@ -449,17 +449,12 @@ class _Gen:
               "        bad = 0",
               "        for r0 in range(b * rpb, min(R, (b + 1) * rpb), tr):",
               f"{ind}nt = min(tr, R - r0)"]
-        # column by column: one strided view per column and tile, not one view per row (10
-        # classes, both inputs of CCE, in cache, one thread: 13.4 → 9.6 ms per 1e7). Reading
-        # contiguous rows along the row and scattering into the columns bought nothing in the
-        # kernels (CCE at 1e7, 2 threads, interleaved A/B: 17.8 vs 17.9 ms)
-        if names:
-            L.append(f"{ind}for j in range(C):")
-        for e in names:
-            L += [f"{ind}    src = {e}_arr[r0:r0 + nt, j]",
-                  f"{ind}    dst = tb_{e}[j]",
-                  f"{ind}    for i in range(nt):",
-                  f"{ind}        dst[i] = _T(src[i])"]
+        # blocks of 16 rows transposed by shuffles where the input is float32 in C order,
+        # else column by column, and the next tile's rows prefetched (figures in
+        # kernels/numba/transpose.py). The copy is most of a tile kernel's time at 1e7: CCE in
+        # rows of 10, 2 threads, alternating, medians of 21, with the column loop / without
+        # any copy: 9.5 / 4.2 ms
+        L += [f"{ind}copy_columns({e}_arr, r0, nt, tb_{e})" for e in names]
         for stats in ([] if direct else self.p.passes):
             L.append(f"{ind}for i in range(nt):")
             L += [f"{ind}    st_{n}[i] = 0.0" if st.kind == "sum" else f"{ind}    st_{n}_T[i] = -np.inf"
@@ -669,6 +664,7 @@ class _Gen:
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
             "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced",
+            "from gpuloss.kernels.numba.transpose import copy_columns",
             f"BUF = {BUF if _costly(elem_terms) else BUF_CHEAP}",
             f"BLOCK = {BLOCK}",
             f"FLAT_BLOCK = {FLAT_BLOCK}",

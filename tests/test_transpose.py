@@ -1,0 +1,96 @@
+"""The tile kernels' transposing copy (kernels/numba/transpose.py): the same values as the
+column loop for every row length a tile takes, tails of any length, other dtypes and layouts;
+the shuffles in the generated code; no read past the end of the input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+from gpuloss.kernels.numba.transpose import LANES, copy_columns, transpose16
+
+
+@njit(error_model="numpy")
+def _copy(src, r0, nt, dst):
+    copy_columns(src, r0, nt, dst)  # with the next rows' prefetch where src is float32 in C order
+
+
+@njit(error_model="numpy")
+def _block(src, row0, dst, col0):
+    transpose16(src, row0, dst, col0)
+
+
+rng = np.random.default_rng(11)
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 7, 8, 10, 15, 16, 17])
+def test_copy_is_the_transpose_for_every_row_length_and_tail(C):
+    R = 203  # blocks of 16, a tail of 11, and the last rows copied one column at a time
+    src = rng.standard_normal((R, C)).astype(np.float32)
+    src.flat[::7] = np.nan
+    src.flat[3::11] = -np.inf
+    for r0, nt in ((0, R), (5, 96), (R - 40, 40), (R - 3, 3), (17, 0)):
+        dst = np.full((C, 128 if nt <= 128 else nt), 7.0, np.float32)
+        _copy(src, r0, nt, dst)
+        want = src[r0:r0 + nt].T
+        # the same bits (NaN payloads and signs included), and nothing past column nt written
+        assert dst[:, :nt].tobytes() == np.ascontiguousarray(want).tobytes(), (C, r0, nt)
+        assert (dst[:, nt:] == 7.0).all()
+
+
+@pytest.mark.parametrize("src", [
+    rng.standard_normal((100, 10)),  # float64 into a float32 tile: the column loop converts
+    rng.standard_normal((100, 20)).astype(np.float32)[:, ::2],  # strided rows
+    np.broadcast_to(rng.standard_normal((1, 10)).astype(np.float32), (100, 10)),  # a broadcast y_true
+])
+def test_other_dtypes_and_layouts_take_the_column_loop(src):
+    dst = np.empty((10, 100), np.float32)
+    _copy(src, 0, 100, dst)
+    np.testing.assert_array_equal(dst, np.asarray(src, np.float32).T)
+
+
+def test_contiguous_float32_rows_are_transposed_by_shuffles():
+    src, dst = np.zeros((64, 10), np.float32), np.zeros((10, 32), np.float32)
+    _block(src, 0, dst, 0)
+    ir = "\n".join(_block.inspect_llvm().values())
+    assert ir.count("shufflevector <16 x float>") >= 4 * LANES
+    assert "<16 x float>" in ir
+
+
+def test_no_read_past_the_end_of_the_input():
+    """The input ends right before a page that may not be read: a block that read past the
+    last row would crash the process."""
+    code = textwrap.dedent("""
+        import ctypes, mmap
+        import numpy as np
+        from numba import njit
+        from gpuloss.kernels.numba.transpose import copy_columns
+
+        @njit
+        def copy(src, r0, nt, dst):
+            copy_columns(src, r0, nt, dst)
+
+        page = mmap.PAGESIZE
+        buf = mmap.mmap(-1, 4 * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        libc = ctypes.CDLL(None)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(base + 3 * page, page, 0) == 0  # PROT_NONE
+        for C in (1, 3, 10, 16):
+            R = (2 * page // 4) // C
+            nbytes = R * C * 4
+            src = np.frombuffer(buf, np.float32, R * C, 3 * page - nbytes).reshape(R, C)
+            dst = np.empty((C, R), np.float32)
+            copy(src, 0, R, dst)
+            assert (dst == src.T).all()
+            for r0 in range(max(0, R - 40), R):
+                copy(src, r0, R - r0, dst)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
