@@ -128,11 +128,12 @@ class RowProgram:
     #: while it sums (see :class:`Guessable`): "binary_labels", every element of ``t`` is 0
     #: or 1 (Hinge's batch-global label rule).
     check: str | None = None
-    #: The parameter that every ``log`` argument of the element terms is clipped to, from
-    #: ``floor`` up to ``1 / floor`` (or NaN), as Keras clips before its logs: "epsilon" for
-    #: the crossentropies of probabilities and KL. Where its value is a normal number up to
-    #: 0.5 the CPU kernels take a log without the zero, subnormal, negative and infinite
-    #: cases (kernels/numba/codegen.positive_logs), with the same results.
+    #: The parameter that keeps every ``log`` argument of the element terms a positive normal
+    #: number, +inf or NaN where its value lies in [2^-24, 0.5], as Keras clips or floors
+    #: before its logs: "epsilon" for the crossentropies of probabilities (q clipped to
+    #: [ε, 1 - ε]), KL (both clipped to [ε, 1]) and MSLE (max(x, ε) + 1). There the CPU
+    #: kernels take a log without the zero, subnormal and negative cases
+    #: (kernels/numba/codegen.positive_logs), with the same results.
     log_floor: str | None = None
 
     @property

@@ -349,11 +349,11 @@ def test_default_exponents_are_folded_into_their_modules():
 
 
 def test_logs_of_clipped_arguments_skip_the_special_cases_with_the_same_bits():
-    """Programs that clip every log argument to [ε, 1/ε] (RowProgram.log_floor) call
+    """Programs whose log arguments Keras clips or floors (RowProgram.log_floor) call
     log_positive where ε lies in [2^-24, 0.5], which Keras's default does; the general log
     otherwise (ε = 0: the logs meet 0). On every kind of input, NaN, ±inf and predictions
     outside [0, 1] included, both modules give the same bits."""
-    from gpuloss.losses import probabilistic as P
+    from gpuloss.losses import probabilistic as P, regression as G
 
     eps = {"epsilon": np.float32(1e-7), "one_minus_epsilon": np.float32(1 - 1e-7), "label_smoothing": 0.0}
     assert codegen.positive_logs(P.BCE["keras2"], eps)
@@ -362,7 +362,7 @@ def test_logs_of_clipped_arguments_skip_the_special_cases_with_the_same_bits():
     assert not codegen.positive_logs(P.BCE["logits"], eps)
     assert not codegen.positive_logs(P.POISSON, eps)  # log(p + ε) of an unclipped p
     special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-45, 1e-38, 2.0, 1e30], np.float32)
-    for program, params in ((P.BCE["keras2"], eps), (P.BCE["keras3"], eps), (P.KLD, eps),
+    for program, params in ((P.BCE["keras2"], eps), (P.BCE["keras3"], eps), (P.KLD, eps), (G.MSLE, eps),
                             (P.BFCE["keras2", True], {**eps, "gamma": 1.5, "alpha": 0.25}),
                             (P.CCE_PROBS, eps), (P.CFCE_LOGITS, {**eps, "gamma": 1.5, "alpha": 0.25,
                                                                  "label_classes": 7.0})):

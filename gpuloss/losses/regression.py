@@ -45,7 +45,7 @@ def log_cosh_term(t, p):
 MSE = elementwise(squared_error)
 MAE = elementwise(absolute_error)
 MAPE = elementwise(absolute_percentage_error)
-MSLE = elementwise(squared_log_error)
+MSLE = elementwise(squared_log_error, log_floor="epsilon")  # its logs read max(x, ε) + 1 >= 1
 HUBER = elementwise(huber_term)
 LOG_COSH = elementwise(log_cosh_term)
 

@@ -785,11 +785,11 @@ def folded_constants(program: RowProgram, params) -> tuple[tuple[str, float], ..
 
 def positive_logs(program: RowProgram, params) -> bool:
     """Whether the program's ``log`` calls can take ``log_positive`` (kernels/numba/vocab.py)
-    for these parameter values: the program clips every log argument to [floor, 1/floor]
-    (``RowProgram.log_floor``) and the floor lies in [2^-24, 0.5], so that it is a normal
-    number and ``1 - floor`` rounds below 1 even in float32 (Keras 3's ``log(1 - q)`` of a
-    clipped q stays positive). Keras's default ε = 1e-7 does; ε = 0 does not (its logs meet
-    0 and must give -inf)."""
+    for these parameter values: the program names the parameter that keeps its log arguments
+    positive (``RowProgram.log_floor``) and its value lies in [2^-24, 0.5]: a normal number
+    whose ``1 - floor`` rounds below 1 even in float32 (Keras 3's ``log(1 - q)`` of a q
+    clipped to [ε, 1 - ε] stays positive). Keras's default ε = 1e-7 does; ε = 0 does not
+    (the crossentropies' logs meet 0 and must give -inf)."""
     if program.log_floor is None:
         return False
     v = params.get(program.log_floor)

@@ -432,17 +432,16 @@ def log32(x: np.float32) -> np.float32:
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)
 def log32_positive(x: np.float32) -> np.float32:
-    """log32 for an x that is positive, normal and finite, or NaN (bit for bit log32 there);
-    for zero, subnormals, negatives and inf the result is meaningless. The kernels call it
-    where every log argument is clipped to [ε, 1/ε] first, as Keras clips before its logs
-    (see RowProgram.log_floor): without log32's six compares and selects for the other cases
-    a binary crossentropy term loop ran at 0.98 instead of 1.22 ns per element (one core,
-    in cache, 2-core EPYC)."""
+    """log32 for an x that is a positive normal number, +inf or NaN (bit for bit log32
+    there); for zero, subnormals and negatives the result is meaningless. The kernels call it
+    where Keras clips or floors every log argument first (see RowProgram.log_floor): without
+    log32's compares and selects for the other cases a binary crossentropy term loop ran at
+    0.98 instead of 1.22 ns per element (one core, in cache, 2-core EPYC)."""
     x = np.float32(x)
     m, e = _split_sqrt2(x)
     hi, lo = _log_kernel(m - _ONE, e)
     y = hi + lo
-    return y if x == x else x
+    return y if x < _INF else x  # +inf -> +inf, NaN -> NaN
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=False)

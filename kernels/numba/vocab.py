@@ -59,9 +59,9 @@ def _log(x):
 
 
 def log_positive(x):  # pragma: no cover - only called from jitted code
-    """``log`` in the kernels of a program whose log arguments are clipped to [ε, 1/ε] with ε
-    a normal number (see gpuloss.program.RowProgram.log_floor): the same values, without
-    the cases that such an argument cannot take (zero, subnormal, negative, infinite)."""
+    """``log`` in the kernels of a program whose log arguments are positive normal numbers,
+    +inf or NaN (see gpuloss.program.RowProgram.log_floor): the same values, without the
+    cases that such an argument cannot take (zero, subnormal, negative)."""
     raise NotImplementedError
 
 
