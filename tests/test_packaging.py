@@ -52,3 +52,34 @@ def test_kernels_install_as_subpackage(tmp_path, editable):
     else:
         assert location.name == "kernels" and location.parent.name == "gpuloss"
         assert ROOT not in location.parents
+
+
+def test_an_installed_package_leaves_nothing_behind_after_uninstall(tmp_path):
+    """Numba's compiled code of the package's own kernels (label scans, sums, Circle) goes to
+    the kernel cache, not beside the installed sources: there, pip would not remove it, and
+    the gpuloss/ folder of cache files it left would shadow a later editable install as a
+    namespace package (README's install-and-demo command, then its install-and-test command
+    in one environment)."""
+    py = _venv(tmp_path)
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", GPULOSS_CACHE_DIR=str(tmp_path / "cache"))
+    pip = [sys.executable, "-m", "pip", "--python", str(py)]
+    subprocess.run(pip + ["install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)], check=True, env=env)
+    run = textwrap.dedent("""
+        import os, sys
+        sys.path = [p for p in sys.path if p not in ("", ".")]
+        import numpy as np, gpuloss
+        r = np.random.default_rng(0)
+        emb = r.standard_normal((40, 8)).astype(np.float32)
+        gpuloss.circle(r.integers(0, 4, 40), emb / np.linalg.norm(emb, axis=1, keepdims=True))
+        gpuloss.Hinge()(r.integers(0, 2, (500, 3)).astype(np.float32), r.standard_normal((500, 3)).astype(np.float32))
+        gpuloss.CategoricalCrossentropy()(np.eye(5, dtype=np.float32)[r.integers(0, 5, 300)],
+                                          r.dirichlet(np.ones(5), 300).astype(np.float32))
+        print(os.path.dirname(gpuloss.__file__))
+    """)
+    out = subprocess.run([str(py), "-c", run], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    installed = Path(out.stdout.strip())
+    assert not [p for p in installed.rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert list((tmp_path / "cache").rglob("*.nbi"))  # compiled, and cached where it belongs
+    subprocess.run(pip + ["uninstall", "-q", "-y", "gpuloss"], check=True, env=env)
+    assert not installed.exists(), sorted(str(p) for p in installed.rglob("*"))[:10]

@@ -70,7 +70,7 @@ def _machinery_hash() -> str:
     """Numba's cache does not see changes to inlined callees in other files, so the
     kernel directory is keyed by the sources every generated module depends on."""
     h = hashlib.sha256(numba.__version__.encode() + sys.version.encode())
-    for name in ("codegen.py", "vocab.py", "fastmath32.py", "fastmath64.py", "accumulate.py"):
+    for name in ("codegen.py", "vocab.py", "fastmath32.py", "fastmath64.py", "accumulate.py", "transpose.py"):
         h.update((_HERE / name).read_bytes())
     return h.hexdigest()[:12]
 
@@ -84,6 +84,47 @@ def cache_dir() -> Path:
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpuloss")
     return Path(root) / f"numba-{_machinery_hash()}"
+
+
+def _package_cache_locator():
+    """A Numba cache locator that puts the compiled code of the kernels in this folder
+    (accumulate, pairwise, utils) under :func:`cache_dir`, never beside the installed sources.
+    Numba writes its cache into a writable ``__pycache__`` next to the source; in a
+    site-packages install those files are not pip's, so ``pip uninstall`` leaves a
+    ``gpuloss/`` folder of them behind, which a later editable install cannot shadow: ``import
+    gpuloss`` outside the checkout then found that folder, a namespace package without the
+    library (README's install-and-demo command, then its install-and-test command in the same
+    environment: 37 failed tests). None where this Numba has no such locator classes."""
+    from numba.core import caching
+
+    base = getattr(caching, "UserProvidedCacheLocator", None) or getattr(caching, "_UserProvidedCacheLocator", None)
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    if base is None or impl is None or not isinstance(getattr(impl, "_locator_classes", None), list):
+        return None
+    package = os.path.normcase(os.path.realpath(_HERE))  # gpuloss/kernels/numba (kernels/numba in a checkout)
+
+    class PackageCacheLocator(base):
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(cache_dir(), "package", self.get_suitable_cache_subpath(py_file))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.normcase(os.path.realpath(py_file)).startswith(package + os.sep):
+                return None
+            self = cls(py_func, py_file)
+            try:
+                self.ensure_cache_path()
+            except OSError:
+                return None
+            return self
+
+    impl._locator_classes.insert(0, PackageCacheLocator)
+    return PackageCacheLocator
+
+
+_PACKAGE_CACHE_LOCATOR = _package_cache_locator()
 
 
 def kernel_module(program: RowProgram, dtype: str, column_params: tuple[str, ...] = (),
