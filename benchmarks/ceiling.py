@@ -15,9 +15,10 @@ them: where they are slower, no faster function of the accuracy Keras's numbers 
 forbids with these functions. ``power`` is timed with a runtime exponent; where a case's
 exponents are folded into its kernels (γ = 2 of the focal losses, q = 0.5 of generalized CE,
 see gpuloss.kernels.numba.codegen.folded_constants: a square, a square root) its power
-calls are left out. Where a case's logs read clipped arguments (the crossentropies of
-probabilities, KL: gpuloss.program.RowProgram.log_floor) its kernels call ``log_positive``,
-log without the zero, subnormal, negative and infinite cases, and its logs are costed as that.
+calls are left out. Where a case's logs read clipped or floored arguments (the crossentropies
+of probabilities, KL, MSLE: gpuloss.program.RowProgram.log_floor) its kernels call
+``log_positive``, log without the zero, subnormal and negative cases, and its logs are costed
+as that.
 """
 
 from __future__ import annotations

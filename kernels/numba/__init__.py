@@ -8,6 +8,7 @@ from disk instead of compiling.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -66,9 +67,11 @@ _LOCK = threading.Lock()
 _MODULES: dict[tuple, ModuleType] = {}
 
 
+@functools.lru_cache(maxsize=1)
 def _machinery_hash() -> str:
     """Numba's cache does not see changes to inlined callees in other files, so the
-    kernel directory is keyed by the sources every generated module depends on."""
+    kernel directory is keyed by the sources every generated module depends on (read once a
+    process: cache_dir() is asked for every cached function of this folder as it is defined)."""
     h = hashlib.sha256(numba.__version__.encode() + sys.version.encode())
     for name in ("codegen.py", "vocab.py", "fastmath32.py", "fastmath64.py", "accumulate.py", "transpose.py"):
         h.update((_HERE / name).read_bytes())
