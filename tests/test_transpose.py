@@ -10,14 +10,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from numba import njit
+from numba import njit, typeof
 
-from gpuloss.kernels.numba.transpose import LANES, copy_columns, transpose16
+from gpuloss.kernels.numba.transpose import LANES, copy_columns, prefetch_part, transpose16
 
 
 @njit(error_model="numpy")
 def _copy(src, r0, nt, dst):
-    copy_columns(src, r0, nt, dst)  # with the next rows' prefetch where src is float32 in C order
+    copy_columns(src, r0, nt, dst)
 
 
 @njit(error_model="numpy")
@@ -60,6 +60,40 @@ def test_contiguous_float32_rows_are_transposed_by_shuffles():
     ir = "\n".join(_block.inspect_llvm().values())
     assert ir.count("shufflevector <16 x float>") >= 4 * LANES
     assert "<16 x float>" in ir
+
+
+@njit(error_model="numpy")
+def _prefetch_all(src, row0, nrows, parts):
+    for part in range(parts):
+        prefetch_part(src, row0, nrows, part, parts)
+
+
+@pytest.mark.parametrize("src", [np.zeros((100, 10), np.float32), np.zeros((100, 10))])
+def test_prefetch_of_c_order_rows_asks_the_cache(src):
+    """Arguments past the array's ends or an empty range ask for nothing outside it (a prefetch
+    does not fault, so this checks that it compiles and runs for any arguments)."""
+    for row0, nrows, parts in ((0, 100, 20), (90, 96, 7), (100, 96, 3), (-5, 10, 1), (3, 0, 4), (0, 100, 0)):
+        _prefetch_all(src, row0, nrows, parts)
+    sig = [s for s in _prefetch_all.signatures if s[0] == typeof(src)][0]
+    assert "llvm.prefetch" in _prefetch_all.inspect_llvm(sig)
+
+
+def test_prefetch_of_other_layouts_is_left_out():
+    src = np.zeros((100, 20), np.float32)[:, ::2]
+    _prefetch_all(src, 0, 100, 4)
+    sig = [s for s in _prefetch_all.signatures if s[0].layout != "C"][0]
+    assert "llvm.prefetch" not in _prefetch_all.inspect_llvm(sig)
+
+
+def test_tile_kernels_prefetch_the_next_tile_in_every_pass():
+    """Share k·C + j of 2·C in column j of pass k, for each copied input (CCE: two passes)."""
+    from gpuloss.kernels.numba import codegen
+    from gpuloss.losses.probabilistic import CCE_PROBS
+
+    src = codegen.module_source(CCE_PROBS, "float32")
+    body = src[src.index("def tile_par"):src.index("def tile_ser")]
+    calls = [line.strip() for line in body.splitlines() if "prefetch_part(" in line]
+    assert calls == [f"prefetch_part({e}_arr, r0 + nt, nt, {k} * C + j, 2 * C)" for k in (0, 1) for e in "tp"]
 
 
 def test_no_read_past_the_end_of_the_input():

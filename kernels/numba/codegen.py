@@ -450,17 +450,20 @@ class _Gen:
               "        for r0 in range(b * rpb, min(R, (b + 1) * rpb), tr):",
               f"{ind}nt = min(tr, R - r0)"]
         # blocks of 16 rows transposed by shuffles where the input is float32 in C order,
-        # else column by column, and the next tile's rows prefetched (figures in
-        # kernels/numba/transpose.py). The copy is most of a tile kernel's time at 1e7: CCE in
-        # rows of 10, 2 threads, alternating, medians of 21, with the column loop / without
-        # any copy: 9.5 / 4.2 ms
+        # else column by column (figures in kernels/numba/transpose.py). The copy is most of a
+        # tile kernel's time at 1e7: CCE in rows of 10, 2 threads, alternating, medians of 21,
+        # with the column loop / without any copy: 9.5 / 4.2 ms
         L += [f"{ind}copy_columns({e}_arr, r0, nt, tb_{e})" for e in names]
-        for stats in ([] if direct else self.p.passes):
+        passes = [] if direct else self.p.passes
+        for k, stats in enumerate(passes):
             L.append(f"{ind}for i in range(nt):")
             L += [f"{ind}    st_{n}[i] = 0.0" if st.kind == "sum" else f"{ind}    st_{n}_T[i] = -np.inf"
                   for n, st in stats]
             L.append(f"{ind}for j in range(C):")
             L += [f"{ind}    {e}_v = tb_{e}[j]" for e in names]
+            # the next tile's lines asked for a share per column and pass, so that they
+            # arrive while this tile is computed on (see kernels/numba/transpose.py)
+            L += [f"{ind}    prefetch_part({e}_arr, r0 + nt, nt, {k} * C + j, {len(passes)} * C)" for e in names]
             # the terms fill buffers in one plain loop (as in the row kernels), then each
             # statistic takes its buffer in a loop of its own: adding the terms straight into
             # the float64 statistics kept the exp-bearing loops scalar (CCE from logits'
@@ -664,7 +667,7 @@ class _Gen:
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
             "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced",
-            "from gpuloss.kernels.numba.transpose import copy_columns",
+            "from gpuloss.kernels.numba.transpose import copy_columns, prefetch_part",
             f"BUF = {BUF if _costly(elem_terms) else BUF_CHEAP}",
             f"BLOCK = {BLOCK}",
             f"FLAT_BLOCK = {FLAT_BLOCK}",
