@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numba import njit, typeof
 
-from gpuloss.kernels.numba.transpose import LANES, copy_columns, prefetch_part, transpose16
+from gpuloss.kernels.numba.transpose import LANES, copy_columns, prefetch_lines, share_lines, transpose16
 
 
 @njit(error_model="numpy")
@@ -64,8 +64,10 @@ def test_contiguous_float32_rows_are_transposed_by_shuffles():
 
 @njit(error_model="numpy")
 def _prefetch_all(src, row0, nrows, parts):
+    n = share_lines(src, nrows, parts)
     for part in range(parts):
-        prefetch_part(src, row0, nrows, part, parts)
+        prefetch_lines(src, row0, nrows, part * n, n)
+    return n
 
 
 @pytest.mark.parametrize("src", [np.zeros((100, 10), np.float32), np.zeros((100, 10))])
@@ -76,6 +78,15 @@ def test_prefetch_of_c_order_rows_asks_the_cache(src):
         _prefetch_all(src, row0, nrows, parts)
     sig = [s for s in _prefetch_all.signatures if s[0] == typeof(src)][0]
     assert "llvm.prefetch" in _prefetch_all.inspect_llvm(sig)
+
+
+@pytest.mark.parametrize("nrows, C, itemsize, parts", [(96, 10, 4, 20), (96, 10, 4, 10), (13, 3, 8, 5), (1, 1, 4, 7)])
+def test_shares_cover_the_rows(nrows, C, itemsize, parts):
+    """parts shares of share_lines lines each reach past the rows' last byte."""
+    src = np.zeros((200, C), np.float32 if itemsize == 4 else np.float64)
+    n = _prefetch_all(src, 0, nrows, parts)
+    assert parts * n * 64 >= nrows * C * itemsize
+    assert (parts * n - n) * 64 < nrows * C * itemsize or n == 1  # not one share too many
 
 
 def test_prefetch_of_other_layouts_is_left_out():
@@ -92,8 +103,10 @@ def test_tile_kernels_prefetch_the_next_tile_in_every_pass():
 
     src = codegen.module_source(CCE_PROBS, "float32")
     body = src[src.index("def tile_par"):src.index("def tile_ser")]
-    calls = [line.strip() for line in body.splitlines() if "prefetch_part(" in line]
-    assert calls == [f"prefetch_part({e}_arr, r0 + nt, nt, {k} * C + j, 2 * C)" for k in (0, 1) for e in "tp"]
+    calls = [line.strip() for line in body.splitlines() if "prefetch_lines(" in line or "share_lines(" in line]
+    assert calls == ([f"pf_{e} = share_lines({e}_arr, nt, 2 * C)" for e in "tp"]
+                     + [f"prefetch_lines({e}_arr, r0 + nt, nt, ({k} * C + j) * pf_{e}, pf_{e})"
+                        for k in (0, 1) for e in "tp"])
 
 
 def test_no_read_past_the_end_of_the_input():

@@ -455,6 +455,8 @@ class _Gen:
         # with the column loop / without any copy: 9.5 / 4.2 ms
         L += [f"{ind}copy_columns({e}_arr, r0, nt, tb_{e})" for e in names]
         passes = [] if direct else self.p.passes
+        if passes:
+            L += [f"{ind}pf_{e} = share_lines({e}_arr, nt, {len(passes)} * C)" for e in names]
         for k, stats in enumerate(passes):
             L.append(f"{ind}for i in range(nt):")
             L += [f"{ind}    st_{n}[i] = 0.0" if st.kind == "sum" else f"{ind}    st_{n}_T[i] = -np.inf"
@@ -463,7 +465,7 @@ class _Gen:
             L += [f"{ind}    {e}_v = tb_{e}[j]" for e in names]
             # the next tile's lines asked for a share per column and pass, so that they
             # arrive while this tile is computed on (see kernels/numba/transpose.py)
-            L += [f"{ind}    prefetch_part({e}_arr, r0 + nt, nt, {k} * C + j, {len(passes)} * C)" for e in names]
+            L += [f"{ind}    prefetch_lines({e}_arr, r0 + nt, nt, ({k} * C + j) * pf_{e}, pf_{e})" for e in names]
             # the terms fill buffers in one plain loop (as in the row kernels), then each
             # statistic takes its buffer in a loop of its own: adding the terms straight into
             # the float64 statistics kept the exp-bearing loops scalar (CCE from logits'
@@ -667,7 +669,7 @@ class _Gen:
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
             "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced",
-            "from gpuloss.kernels.numba.transpose import copy_columns, prefetch_part",
+            "from gpuloss.kernels.numba.transpose import copy_columns, prefetch_lines, share_lines",
             f"BUF = {BUF if _costly(elem_terms) else BUF_CHEAP}",
             f"BLOCK = {BLOCK}",
             f"FLAT_BLOCK = {FLAT_BLOCK}",

@@ -12,17 +12,19 @@ measurement: rows of 10 0.132 ns per element, of 16 0.072, of 7 0.134, of 3 0.19
 loop: 0.29-0.33). The values are moved, never converted: the same bits as the loop.
 
 A tile's rows are read in a burst and then computed on while memory idles, unless the next
-tile's lines are already on their way. :func:`prefetch_part` asks for one share of them: the
-tile kernels ask for share k of K in the k-th of their K column loops, so the requests are
-spread over the whole compute of a tile. All of them at once after the copy (128 lines for
+tile's lines are already on their way. :func:`prefetch_lines` asks for one share of them: the
+tile kernels of K passes over C columns ask for share k·C + j of K·C in column j of pass k,
+so the requests are spread over the whole compute of a tile. All of them at once after the copy (128 lines for
 two inputs, far more than a core's dozens of outstanding misses) stalled the core until most
 had arrived, so that reading and computing still took turns. CCE at 1e7 float32 in rows of
 10, the tile kernel on 2 threads, alternating, paired ratios (medians of 31) against the
 prefetch after the copy: no prefetch 1.02-1.07, all lines after the copy as prefetcht2 0.86-0.89,
 spread over the column loops 0.77 (CCE from probabilities, twice), 0.82 from logits, 0.84
 focal, 0.86 SCCE from probabilities, 0.93 from logits; two tiles ahead instead of one: no
-better (0.77-0.94). The prefetch after the copy had itself gained only 0.88-0.97 against
-none; with the shuffles the copy takes 0.78-0.93 of the column loop's time at 1e6 and 1e7.
+better (0.77-0.94). Shares worked out once a tile (:func:`share_lines`) rather than by two
+divisions in every call: CCE 0.73 instead of 0.77 at 1e7; in cache (1e6) the prefetches cost
+4-5 %. The prefetch after the copy had itself gained only 0.88-0.97 against none; with the
+shuffles the copy takes 0.78-0.93 of the column loop's time at 1e6 and 1e7.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload, register_jitable
 
-__all__ = ["LANES", "copy_columns", "prefetch_part", "transpose16"]
+__all__ = ["LANES", "copy_columns", "prefetch_lines", "share_lines", "transpose16"]
 
 #: Rows per transposed block, and the most columns a block holds.
 LANES = 16
@@ -104,11 +106,12 @@ LINE = 64
 
 
 @intrinsic
-def _prefetch_lines(typingctx, src, row0, nrows, part, parts):
-    """Ask the cache for share ``part`` of ``parts`` of rows ``row0 .. row0 + nrows`` of ``src``
-    (C order), clipped to the array: one prefetch per 64 bytes, no load."""
+def _prefetch_lines(typingctx, src, row0, nrows, skip, count):
+    """Ask the cache for ``count`` lines of rows ``row0 .. row0 + nrows`` of ``src`` (C order)
+    after the first ``skip``, clipped to those rows and the array: one prefetch per 64 bytes
+    from the rows' first byte, no load."""
     if not (isinstance(src, types.Array) and src.layout == "C" and src.ndim == 2
-            and all(isinstance(a, types.Integer) for a in (row0, nrows, part, parts))):
+            and all(isinstance(a, types.Integer) for a in (row0, nrows, skip, count))):
         return None
     sig = types.void(src, types.intp, types.intp, types.intp, types.intp)
 
@@ -116,28 +119,22 @@ def _prefetch_lines(typingctx, src, row0, nrows, part, parts):
         s = context.make_array(sig.args[0])(context, builder, args[0])
         R = builder.extract_value(s.shape, 0)
         C = builder.extract_value(s.shape, 1)
-        itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
-        row0, nrows, part, parts = args[1:]
-        zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+        itemsize = ir.Constant(_I64, context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype)))
+        row0, nrows, skip, count = args[1:]
+        zero, line = ir.Constant(_I64, 0), ir.Constant(_I64, LINE)
         end = builder.add(row0, nrows)
         end = builder.select(builder.icmp_signed("<", end, R), end, R)
         start = builder.select(builder.icmp_signed("<", row0, end), row0, end)
         start = builder.select(builder.icmp_signed("<", start, zero), zero, start)
         i8p = ir.IntType(8).as_pointer()
         base = builder.bitcast(s.data, i8p)
-        # the range's bytes cut into ``parts`` equal spans; a share asks for the line of every
-        # 64th byte of its span from its first: every line within one span, and a line cut by
-        # a span's end is the next span's first. So all lines but perhaps the range's last are
-        # asked for, a few twice. Kept this plain: the same shares counted in whole lines took
-        # a dozen more instructions and an unrolled loop per call, and CCE's tile kernel at 1e7
-        # ran 0.83-0.93 of the old time instead of 0.75-0.81
-        first = builder.mul(builder.mul(start, C), ir.Constant(_I64, itemsize))
-        span = builder.sub(builder.mul(builder.mul(end, C), ir.Constant(_I64, itemsize)), first)
-        parts_ = builder.select(builder.icmp_signed("<", parts, one), one, parts)
-        lo = builder.add(first, builder.sdiv(builder.mul(span, part), parts_))
-        hi = builder.add(first, builder.sdiv(builder.mul(span, builder.add(part, one)), parts_))
-        hi = builder.select(builder.icmp_signed(">", hi, builder.add(first, span)), builder.add(first, span), hi)
-        lo = builder.select(builder.icmp_signed("<", lo, first), first, lo)
+        # bytes [lo, hi): no division here, the caller works out the shares once per tile
+        # (two divisions per call, hoisted by nobody, cost CCE's tile kernel 9 % in cache)
+        first = builder.mul(builder.mul(start, C), itemsize)
+        last = builder.mul(builder.mul(end, C), itemsize)
+        lo = builder.add(first, builder.mul(builder.select(builder.icmp_signed("<", skip, zero), zero, skip), line))
+        hi = builder.add(lo, builder.mul(count, line))
+        hi = builder.select(builder.icmp_signed("<", hi, last), hi, last)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         loop = builder.append_basic_block("prefetch.loop")
@@ -148,7 +145,7 @@ def _prefetch_lines(typingctx, src, row0, nrows, part, parts):
         off = builder.phi(_I64)
         off.add_incoming(lo, entry)
         builder.call(fn, [builder.gep(base, [off]), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        nxt = builder.add(off, ir.Constant(_I64, LINE))
+        nxt = builder.add(off, line)
         off.add_incoming(nxt, builder.block)
         builder.cbranch(builder.icmp_signed("<", nxt, hi), loop, done)
         builder.position_at_end(done)
@@ -157,26 +154,35 @@ def _prefetch_lines(typingctx, src, row0, nrows, part, parts):
     return sig, codegen
 
 
-def prefetch_part(src, row0, nrows, part, parts):  # pragma: no cover - only called from jitted code
-    """Ask the cache for share ``part`` of ``parts`` of the cache lines that rows ``row0 ..
-    row0 + nrows`` of ``src`` span, clipped to the array (no load, nothing returned): the
-    shares of one range ask for all its lines but the last (see _prefetch_lines). Arrays not
+@register_jitable
+def share_lines(src, nrows, parts):
+    """Lines of 64 bytes per share, where ``nrows`` rows of ``src`` are asked for in ``parts``
+    shares by :func:`prefetch_lines` (at least one)."""
+    return max(1, (nrows * src.shape[1] * src.itemsize + LINE * parts - 1) // (LINE * max(parts, 1)))
+
+
+def prefetch_lines(src, row0, nrows, skip, count):  # pragma: no cover - only called from jitted code
+    """Ask the cache for ``count`` lines (64 bytes each, counted from the first byte of row
+    ``row0``) of rows ``row0 .. row0 + nrows`` of ``src`` after the first ``skip``, clipped to
+    those rows and the array (no load, nothing returned). Share k of the rows is
+    ``skip = k * n, count = n`` with ``n = share_lines(src, nrows, parts)``: the shares ask for
+    every line of the rows but, where the rows do not start on a line, their last. Arrays not
     in C order are left alone."""
     raise NotImplementedError
 
 
-@overload(prefetch_part, inline="always")
-def _prefetch_part(src, row0, nrows, part, parts):
+@overload(prefetch_lines, inline="always")
+def _prefetch_lines_overload(src, row0, nrows, skip, count):
     if isinstance(src, types.Array) and src.layout == "C" and src.ndim == 2:
-        return lambda src, row0, nrows, part, parts: _prefetch_lines(src, row0, nrows, part, parts)
-    return lambda src, row0, nrows, part, parts: None
+        return lambda src, row0, nrows, skip, count: _prefetch_lines(src, row0, nrows, skip, count)
+    return lambda src, row0, nrows, skip, count: None
 
 
 def copy_columns(src, r0, nt, dst):  # pragma: no cover - only called from jitted code
     """``dst[j, :nt] = src[r0:r0 + nt, j]`` for every column j of ``src`` (converted to
     ``dst``'s dtype). Where both are float32 in C order: blocks of 16 rows through
     :func:`transpose16`, the rest column by column (the caller prefetches the next tile: see
-    :func:`prefetch_part`)."""
+    :func:`prefetch_lines`)."""
     raise NotImplementedError
 
 
