@@ -72,6 +72,9 @@ QUICK_CASES = ("mean_squared_error", "binary_crossentropy_logits", "categorical_
                "sparse_categorical_crossentropy_logits", "dice")
 TARGET_SIZE = 10**7
 OVERHEAD_SIZE = 10**3
+#: y_pred elements of the call that measures a quadratic case's per-call overhead (Circle: 2
+#: embeddings of 16, 4 pairs; see run_case)
+OVERHEAD_PROBE_N = 32
 RTOL, ATOL = 2e-3, 1e-5
 
 #: The issue's targets on the 2-core machine (at TARGET_SIZE unless said otherwise).
@@ -239,6 +242,16 @@ def run_case(case: Case, n: int, libs, opts: argparse.Namespace) -> dict:
                                       sample_s=opts.sample, warmup=0 if big else 1,
                                       per_round=opts.per_round)
     row["cpu_during_timing"] = probe.stop()
+    if n == OVERHEAD_SIZE and case.max_n is not None:
+        # a quadratic case (Circle): the work of the 1e3 call grows with the square of the
+        # batch, so its overhead is not the intercept of a line through two sizes; it is the
+        # call on the smallest batch of its kind of data (a few pairs)
+        tiny = make_inputs(case, OVERHEAD_PROBE_N, seed=opts.seed)
+        loss(*tiny)
+        row["overhead_probe"] = {"n": elements(tiny), "shapes": [list(a.shape) for a in tiny],
+                                 **time_interleaved({"gpuloss": lambda: loss(*tiny)}, budget_s=opts.budget / 2,
+                                                    min_rounds=opts.min_rounds, max_rounds=opts.max_rounds,
+                                                    sample_s=opts.sample, per_round=opts.per_round)["gpuloss"]}
     row["derived"] = derive(row)
     return row
 
@@ -574,9 +587,12 @@ def call_overhead_us(small: dict, larger: dict | None) -> float | None:
     """The fixed cost of a call: the intercept of t(n) = overhead + n·per-element through the
     times at 1e3 and 1e4 elements. Both sizes run the serial kernels (below
     ``kernels.numba.SERIAL_BELOW``), so the per-element slope is the same on both; what the
-    1e3 call spends beyond 1e3 × that slope is the Python, dispatch and allocation overhead."""
+    1e3 call spends beyond 1e3 × that slope is the Python, dispatch and allocation overhead.
+    A quadratic case's is the time of its probe call (see run_case)."""
+    if "overhead_probe" in small:  # a quadratic case (Circle): t(n) is not linear in n
+        return small["overhead_probe"]["median_s"] * 1e6
     if larger is None or (small["case"] in CASES and CASES[small["case"]].max_n is not None):
-        return None  # no second size, or a quadratic case (Circle): t(n) is not linear in n
+        return None  # no second size, or a quadratic case measured without its probe
     t1, t2 = small["timings"]["gpuloss"]["median_s"], larger["timings"]["gpuloss"]["median_s"]
     n1, n2 = small["n"], larger["n"]
     if n2 <= n1:
@@ -686,7 +702,8 @@ def render_markdown(data: dict, plots: list[str] | None = None) -> str:
 
     lines += ["## Per-call time at 1e3 elements (µs)", "",
               "overhead = the fixed cost of a gpuloss call, the intercept of its times at 1e3 and 1e4 elements "
-              "(both serial kernels): the whole call minus 1e3 × the per-element slope.", ""]
+              "(both serial kernels): the whole call minus 1e3 × the per-element slope; for Circle, whose work "
+              "grows with the square of the batch, the time of a call on 2 embeddings (4 pairs).", ""]
     small = [r for r in rows if r["requested_n"] == OVERHEAD_SIZE]
     larger = rows_at(data, OVERHEAD_SIZE * 10)
     if small:

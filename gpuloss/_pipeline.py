@@ -312,7 +312,9 @@ def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sa
     inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
     # Keras 3 casts to its loss dtype in Loss.__call__; its functions keep the input dtype
     dtype, out_dtype = result_dtypes(raw[1], compat if is_class_call else "keras2")
-    if len(inputs) == 2 and (is_class_call or (compat == "keras3" and spec.k3_function_aligns)):
+    converted = any(a is not r for a, r in zip(inputs, raw))
+    aligns = len(inputs) == 2 and (is_class_call or (compat == "keras3" and spec.k3_function_aligns))
+    if aligns:
         y, p = inputs
         inputs = list(align_keras3(y, p) if compat == "keras3" else align_keras2(y, p))
     options = {k: v for k, v in values.items() if k not in spec.inputs}
@@ -325,6 +327,9 @@ def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sa
         L, mask = plan.prepare(*inputs, dtype=dtype)
         batch = L.shape
         want_rows = True
+        if repeat_key is not None and not converted:
+            _remember_direct(repeat_key, spec, plan.prepare, dtype, aligns, is_class_call, reduction, compat,
+                             out_dtype)
     else:
         arrays, labels, batch = layout(plan, inputs, list(spec.inputs))
         bound = call.bound(arrays)
@@ -423,6 +428,17 @@ def _align_weight(L_shape: tuple, sw: np.ndarray, compat: str):
 def _weighted_reduce(L: np.ndarray, mask, sw, reduction, compat):
     """Weights and reduction on materialised per-sample values (reduction "none", weights
     that broadcast beyond L's shape, and the Circle loss)."""
+    if sw is None and mask is not None and L.ndim and L.size and reduction in _MASKED_MEANS[compat] \
+            and mask.shape == L.shape:
+        # a masked mean without weights (Circle's default): the arithmetic below, by fewer
+        # NumPy calls (the same bits: the mask scaled to 0 or size/count, L times it, NumPy's
+        # sum, divided by the size). Keras 2 scales by size/0 where no row is in the mask (NaN
+        # throughout), left to the path below. 2-core EPYC, 62 rows: 6.0 µs → see _DirectRepeat
+        # (np.add.reduce is np.sum's pairwise sum of float64 without its ~1.4 µs of wrapping)
+        count = np.count_nonzero(mask)
+        if count or compat == "keras3":
+            W = L.astype(np.float64) * (mask * (L.size / count if count else 0.0))
+            return float(np.add.reduce(W)) / W.size
     Lw = L.astype(np.float64) if reduction not in ("none", None) else L
     if compat == "keras3":
         if sw is not None:
@@ -460,6 +476,10 @@ def _weighted_reduce(L: np.ndarray, mask, sw, reduction, compat):
     with np.errstate(invalid="ignore"):
         return _reduce_values(W, total, reduction, compat, None)
 
+
+#: the reductions that _weighted_reduce turns into a mean over the masked rows
+_MASKED_MEANS = {"keras3": frozenset({"sum_over_batch_size", "mean"}),
+                 "keras2": frozenset({"auto", "sum_over_batch_size", "mean"})}
 
 #: the compute dtypes' names for the kernel modules (``dtype.name`` is Python code, ~1 µs)
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
@@ -655,6 +675,34 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     r.batch, r.out_dtype = tuple(batch), out_dtype
     r.unweighted = (kernels.UNIT_WEIGHTS[bound.dtype], 0)  # the reduce kernels' weights and weight step
     r.as_input = kernels.as_kernel_input  # read-only inputs run the writable inputs' kernels
+    if len(_REPEATS) >= _REPEATS_MAX:
+        _REPEATS.clear()
+    _REPEATS[key] = r
+
+
+class _DirectRepeat:
+    """A call of one key whose plan computes its rows itself (layout "direct": Circle): later
+    calls go straight to the plan's ``prepare`` and the reduction, past the look-ups of the
+    general path (Circle on 2 embeddings, 2-core EPYC: 21.5 µs a call before, see
+    _weighted_reduce)."""
+
+    __slots__ = ("names", "prepare", "dtype", "align", "class_call", "reduction", "compat", "out_dtype")
+
+    def __call__(self, values: dict[str, Any]):
+        inputs = [values[n] for n in self.names]
+        if self.align:
+            inputs = align_keras3(*inputs) if self.compat == "keras3" else align_keras2(*inputs)
+        L, mask = self.prepare(*inputs, dtype=self.dtype)
+        if not self.class_call:
+            return _finish(L, self.out_dtype)
+        return _finish(_weighted_reduce(L, mask, None, self.reduction, self.compat), self.out_dtype)
+
+
+def _remember_direct(key, spec, prepare, dtype, align: bool, class_call: bool, reduction, compat: str,
+                     out_dtype) -> None:
+    r = _DirectRepeat()
+    r.names, r.prepare, r.dtype, r.align = tuple(spec.inputs), prepare, dtype, align
+    r.class_call, r.reduction, r.compat, r.out_dtype = class_call, reduction, compat, out_dtype
     if len(_REPEATS) >= _REPEATS_MAX:
         _REPEATS.clear()
     _REPEATS[key] = r

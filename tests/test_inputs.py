@@ -85,3 +85,27 @@ def test_rank_alignment_keras2_squeezes_keras3_expands():
     p = np.array([[1.0], [2.0], [5.0]], np.float32)
     np.testing.assert_allclose(gpuloss.MeanSquaredError(reduction="none")(y, p), 1.3333334, rtol=1e-6)
     np.testing.assert_allclose(gpuloss.MeanSquaredError(reduction="none", compat="keras3")(y, p), [0, 0, 4])
+
+
+@pytest.mark.parametrize("compat", ["keras3", "keras2"])
+@pytest.mark.parametrize("mask_kind", ["some", "none", "all"])
+def test_masked_mean_of_rows_is_keras_arithmetic(compat, mask_kind):
+    """The masked mean of materialised rows (Circle's reduction): the mask scaled by size/count,
+    the rows times it, summed, divided by the size, bit for bit; no row in the mask gives 0 in
+    Keras 3 and NaN in Keras 2 (its size/0 scale). A NaN row outside the mask still counts."""
+    from gpuloss._pipeline import _weighted_reduce
+
+    L = np.random.default_rng(5).random(29).astype(np.float32) * 3
+    mask = {"some": L > 1.2, "none": np.zeros(29, bool), "all": np.ones(29, bool)}[mask_kind]
+    m = mask.astype(np.float64)
+    tot = m.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = m * (m.size / tot) if (tot or compat == "keras2") else m * 0
+        want = float(np.sum(L.astype(np.float64) * scaled)) / L.size
+    for reduction in (("sum_over_batch_size",) if compat == "keras3" else ("auto", "sum_over_batch_size")):
+        got = _weighted_reduce(L, mask, None, reduction, compat)
+        assert np.array_equal(got, want, equal_nan=True), (compat, mask_kind, got, want)
+    if mask_kind == "some":
+        L2 = L.copy()
+        L2[~mask] = np.nan
+        assert np.isnan(_weighted_reduce(L2, mask, None, "sum_over_batch_size", compat))

@@ -191,12 +191,14 @@ _TILE_PARAMS = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing
 def _tile_cases():
     """One program of each shape the tile kernels meet (each case compiles four kernels from
     cold in CI, so not every program): max then online sums, a sparse program, two passes
-    with per-column parameters, sum + max in one pass, three sums, three inputs, no pass."""
-    from gpuloss.losses import hinge as H, metric_learning as M, probabilistic as P, similarity as S
+    with per-column parameters, sum + max in one pass, three sums, three inputs, no pass, one
+    sum with a direct kernel (float64: its terms' products must not fuse into the row sums)."""
+    from gpuloss.losses import hinge as H, metric_learning as M, probabilistic as P, regression as Rg
+    from gpuloss.losses import similarity as S
 
     return [(P.CCE_LOGITS, (), "float32"), (P.SCCE_LOGITS, (), "float32"), (P.CFCE_PROBS, ("alpha",), "float32"),
             (H.CATEGORICAL_HINGE, (), "float32"), (S.COSINE, (), "float64"), (M.TRIPLET, (), "float32"),
-            (P.GCE, (), "float64")]
+            (P.GCE, (), "float64"), (Rg.MSE, (), "float64")]
 
 
 @pytest.mark.parametrize("program,colp,dtype", _tile_cases(), ids=lambda v: getattr(v, "name", None) or str(v))
@@ -263,10 +265,11 @@ def test_short_rows_run_the_tile_kernels():
 def test_rows_of_cheap_terms_run_the_direct_tiles_where_contiguous():
     from gpuloss.losses import hinge as H, probabilistic as P, regression as Rg
 
-    assert codegen.direct_ok(H.CATEGORICAL_HINGE) and codegen.direct_ok(Rg.MSE)
+    assert codegen.direct_ok(Rg.MSE)
+    assert not codegen.direct_ok(H.CATEGORICAL_HINGE)  # two statistics: the copied tile is faster
     assert not codegen.direct_ok(P.CCE_LOGITS)  # exp in its terms
     assert not codegen.direct_ok(P.SCCE_PROBS)  # one input: the copied tile is faster
-    bound = K.bind(H.CATEGORICAL_HINGE, "float32", {})
+    bound = K.bind(Rg.MSE, "float32", {})
     y = np.zeros((500, 10), np.float32)
     c, f = {"t": y, "p": y}, {"t": np.asfortranarray(y), "p": np.asfortranarray(y)}
     assert K.rows_contiguous(bound, c) and not K.rows_contiguous(bound, f)

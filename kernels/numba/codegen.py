@@ -21,7 +21,7 @@ without threads, used for small inputs where waking threads costs more than the 
 ``tile``          short rows (up to TILE_MAX_C elements): tiles of rows, copied transposed so
                   that every term loop vectorises across rows; per-row values into ``out``, or
                   with an empty ``out`` the four sums of ``reduce``
-``tile_direct``   the same for cheap terms on rows of DIRECT_MIN_C or more contiguous elements:
+``tile_direct``   the same for one cheap statistic on rows of DIRECT_MIN_C or more contiguous elements:
                   each row summed in place, no transposed copy
 ``chunk_k``/``chunk_finish``  few very long rows: pass k split into column chunks
 """
@@ -50,7 +50,11 @@ TILE_MAX_C = 16
 #: C=6 11.0/11.0, C=8 11.7/10.0, C=10 8.6/6.1, C=16 8.8/5.7; MSE per row C=6 10.3/12.8,
 #: C=8 9.8/8.2, C=10 7.5/4.9; cosine C=8 13.4/13.0, C=16 12.6/9.4. On shorter rows each row's
 #: serial sums cost more than the copy. SCCE from probabilities (one input, one sum) lost at
-#: every C (C=10 8.9/10.7), so single-input programs have no direct kernel.
+#: every C (C=10 8.9/10.7), so single-input programs have no direct kernel. Since the copy
+#: shuffles, prefetches the next tile and takes a pass's statistics in one loop, programs of
+#: more than one statistic gain from it, so only one-statistic programs keep a direct kernel
+#: (1e7 float32, AVX-512 EPYC, paired ratios, copied tile / direct: CategoricalHinge C=10
+#: 0.90, 0.65 at 1e6; cosine C=10 0.74, C=16 0.79; MSE per row C=10 1.20, C=16 1.15).
 DIRECT_MIN_C = 8
 #: Elements of one tile per input (4 KiB of float32, transposed where the tile is copied).
 #: Shorter tiles read the next rows sooner after the compute of the last; below 1024 the
@@ -151,6 +155,15 @@ class _Gen:
             lines.append(f"{ind}{n}_T = _T(P_{n})")
             lines.append(f"{ind}{n}_F = _F(P_{n})")
         return "\n".join(lines) + ("\n" if lines else "")
+
+    def buffered(self, stat) -> bool:
+        """A statistic of the copied tiles whose term values go through a buffer first: one
+        whose term calls a transcendental word (see _buffered), and in float64 modules every
+        sum: a float64 term added where it is computed ends in a product that 'contract' fuses
+        into the add, and the rows differ in the last bit from the direct tiles' (see
+        accumulate.fenced; fencing it here kept the loop scalar, 2x slower). A float32 term is
+        converted before the add and cannot fuse."""
+        return _buffered(stat) or (stat.kind == "sum" and self.dtype == "float64")
 
     # ---- row bodies -----------------------------------------------------------------------
     def _call(self, t: Term, prefix: str, suffix: str, index: str | None, col: str | None,
@@ -419,12 +432,12 @@ class _Gen:
         row kernels vectorise along a row, which for 10 classes is a 10-element loop plus the
         set-up of every buffer and sum per row (figures at TILE_MAX_C).
 
-        ``direct`` (``tile_direct``, for terms without a transcendental call on rows that are
-        contiguous): no copy; each row's statistics are summed along the row in place, in the
-        same order, into the same per-row arrays, and the finish and sums follow as above. The
-        transposing copy and the strided reads that would replace it cost more than a few
-        flops per element (the strided reads without the copy: CategoricalHinge, 1e6 rows of
-        10, 8.3 vs 7.5 ms, the best of 15); figures at DIRECT_MIN_C."""
+        ``direct`` (``tile_direct``, for one statistic of a term without a transcendental call,
+        on rows that are contiguous): no copy; each row's statistic is summed along the row in
+        place, in the same order, into the same per-row arrays, and the finish and sums follow
+        as above. For a single sum of a few flops per element the transposing copy costs more
+        than the serial sums (the strided reads without the copy: CategoricalHinge, 1e6 rows
+        of 10, 8.3 vs 7.5 ms, the best of 15); figures at DIRECT_MIN_C."""
         # a program without passes (generalized crossentropy: a finish of the label's
         # probability) copies no tile: its rows only split labels, finish and sums
         names = [] if not self.p.passes or direct else ["p"] if self.p.sparse else list(self.elements)
@@ -436,7 +449,7 @@ class _Gen:
                 L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
                 if direct:
                     continue
-                if _buffered(st):
+                if self.buffered(st):
                     L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
                 if st.kind == "max":
                     L.append(f"        alt_{n} = np.empty(tr, dtype=_T)")
@@ -474,15 +487,21 @@ class _Gen:
             # term, without the buffer (see _buffered), in the compute dtype (below). Both
             # together, 1e7 float32 in rows of 10, 2-core EPYC, whole calls, medians of 3
             # alternating processes (ms): SCCE from logits 7.02 -> 6.33, CCE from logits 9.93 -> 9.63
-            buffered = [(n, st) for n, st in stats if _buffered(st)]
+            buffered = [(n, st) for n, st in stats if self.buffered(st)]
             if buffered:
                 L.append(f"{ind}    for i in range(nt):")
             for n, st in buffered:
                 L.append(f"{ind}        tv_{n}[i] = {self._call(st.term, 'e_', '_T', 'i', 'j', row='i')}")
+            # then every statistic of the pass in one loop: a buffered term's value from its
+            # buffer, the others' computed there. A loop per statistic read the tile's columns
+            # again for each (CategoricalHinge, 1e6 elements in rows of 10, 2 threads, medians of
+            # 41 alternating: 0.78 of the time with its sum and maximum in one loop, 0.84 with
+            # only the sum's buffer left out)
+            L.append(f"{ind}    for i in range(nt):")
             for n, st in stats:
-                L.append(f"{ind}    for i in range(nt):")
+                v = f"tv_{n}[i]" if self.buffered(st) else self._call(st.term, 'e_', '_T', 'i', 'j', row='i')
                 if st.kind == "sum":
-                    L.append(f"{ind}        st_{n}[i] += _F(tv_{n}[i])")
+                    L.append(f"{ind}        st_{n}[i] += _F({v})")
                 else:
                     # NaN skipped, as max64 (the program's sums carry it). The new maximum
                     # goes to a second array, swapped with the first: written in place, LLVM
@@ -490,11 +509,10 @@ class _Gen:
                     # microcoded on AMD (10 classes: 6.3 → 1.3 ms per 1e7 elements). In the
                     # compute dtype: the maximum of float32 values is the same in float32 as
                     # in float64, and twice as many lanes compare at once
-                    v = f"tv_{n}[i]" if _buffered(st) else self._call(st.term, 'e_', '_T', 'i', 'j', row='i')
-                    L.append(f"{ind}        v = {v}")
-                    L.append(f"{ind}        c = st_{n}_T[i]")
-                    L.append(f"{ind}        alt_{n}[i] = v if v > c else c")
-                    L.append(f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T")
+                    L.append(f"{ind}        v_{n} = {v}")
+                    L.append(f"{ind}        c_{n} = st_{n}_T[i]")
+                    L.append(f"{ind}        alt_{n}[i] = v_{n} if v_{n} > c_{n} else c_{n}")
+            L += [f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T" for n, st in stats if st.kind == "max"]
             L.append(f"{ind}for i in range(nt):")
             L += [f"{ind}    st_{n}_T[i] = _T(st_{n}[i])" if st.kind == "sum" else f"{ind}    st_{n}[i] = _F(st_{n}_T[i])"
                   for n, st in stats]
@@ -692,9 +710,10 @@ class _Gen:
 
 
 def _buffered(stat) -> bool:
-    """A statistic of the copied tiles whose term values go through a buffer first: every sum,
-    and maxima of terms with exp or log (the rest are taken in the term's own loop)."""
-    return stat.kind == "sum" or _costly([stat.term])
+    """A statistic of the copied tiles whose term values go through a buffer first: those whose
+    term calls exp, log or another transcendental word (the rest are computed in the loop that
+    takes the pass's statistics)."""
+    return _costly(stat.term.callees() + [stat.term])
 
 
 def _costly(terms: list[Term]) -> bool:
@@ -715,10 +734,11 @@ def tile_ok(program: RowProgram) -> bool:
 
 
 def direct_ok(program: RowProgram) -> bool:
-    """The program (one with tile kernels) has ``tile_direct`` kernels too: it has passes, reads
-    two or more inputs and none of its pass terms calls a transcendental word (see
+    """The program (one with tile kernels) has ``tile_direct`` kernels too: it has one statistic,
+    reads two or more inputs and none of its pass terms calls a transcendental word (see
     _Gen.tile_kernel and DIRECT_MIN_C)."""
-    return tile_ok(program) and bool(program.passes) and not program.sparse and len(program.elements) >= 2 \
+    return tile_ok(program) and sum(len(stats) for stats in program.passes) == 1 and not program.sparse \
+        and len(program.elements) >= 2 \
         and not _costly([t for stats in program.passes for _, st in stats for t in st.term.callees() + [st.term]])
 
 
