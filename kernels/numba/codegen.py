@@ -479,13 +479,11 @@ class _Gen:
             # the next tile's lines asked for a share per column and pass, so that they
             # arrive while this tile is computed on (see kernels/numba/transpose.py)
             L += [f"{ind}    prefetch_lines({e}_arr, r0 + nt, nt, ({k} * C + j) * pf_{e}, pf_{e})" for e in names]
-            # the terms fill buffers in one plain loop (as in the row kernels), then each
-            # statistic takes its buffer in a loop of its own: adding the terms straight into
-            # the float64 statistics kept the exp-bearing loops scalar (CCE from logits'
-            # Σ exp: 25 → 10.6 ms per 1e7 elements, one thread)
-            # a maximum of a term without exp or log is taken in the loop that computes the
-            # term, without the buffer (see _buffered), in the compute dtype (below). Both
-            # together, 1e7 float32 in rows of 10, 2-core EPYC, whole calls, medians of 3
+            # the terms with exp or log (and float64 sums, see buffered) fill buffers in one
+            # plain loop, as in the row kernels: added straight into the float64 statistics,
+            # the exp-bearing loops stayed scalar (CCE from logits' Σ exp: 25 → 10.6 ms per
+            # 1e7 elements, one thread). Maxima of cheap terms without a buffer, in the compute
+            # dtype (below): 1e7 float32 in rows of 10, 2-core EPYC, whole calls, medians of 3
             # alternating processes (ms): SCCE from logits 7.02 -> 6.33, CCE from logits 9.93 -> 9.63
             buffered = [(n, st) for n, st in stats if self.buffered(st)]
             if buffered:
