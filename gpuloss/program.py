@@ -135,6 +135,14 @@ class RowProgram:
     #: kernels take a log without the zero, subnormal and negative cases
     #: (kernels/numba/codegen.positive_logs), with the same results.
     log_floor: str | None = None
+    #: ``(target, inner, replacement)``: where ``target`` (a term of the elements and
+    #: parameters) is 0 or 1 at every element of a chunk and the logs' arguments are positive
+    #: (``log_floor`` in range), the element term with ``inner`` replaced by ``replacement``
+    #: gives the same bits more cheaply; the CPU's reduced flat sweeps take it there (see
+    #: kernels/numba/codegen._Gen.twin_loop). Binary crossentropy of probabilities: with y' of
+    #: 0 or 1 one of its two logs is multiplied by 0, and ``-log(y'·a + (1 - y')·b)`` is
+    #: ``-(y'·log a + (1 - y')·log b)``.
+    binary_twin: tuple[Term, Term, Term] | None = None
 
     @property
     def terms(self) -> list[Term]:
@@ -169,7 +177,7 @@ class RowProgram:
         h.update(repr((self.name, self.elements, self.sparse, self.flat_scale, self.check, self.log_floor)).encode())
         for p in self.passes:
             h.update(repr([(n, s.kind, s.term.name) for n, s in p]).encode())
-        for t in self.terms:
+        for t in self.terms + list(self.binary_twin or ()):
             h.update(t.source.encode())
         return h.hexdigest()[:16]
 
@@ -197,7 +205,8 @@ def row_sum(s):
 
 
 def elementwise(element_term: Term, reduce: str = "mean", name: str | None = None,
-                check: str | None = None, log_floor: str | None = None) -> RowProgram:
+                check: str | None = None, log_floor: str | None = None,
+                binary_twin: tuple[Term, Term, Term] | None = None) -> RowProgram:
     """The common shape: one Sum of ``element_term`` per row, then its mean or sum."""
     finish = row_mean if reduce == "mean" else row_sum
     elements = tuple(a for a in element_term.args if a in ELEMENT_NAMES)
@@ -211,6 +220,7 @@ def elementwise(element_term: Term, reduce: str = "mean", name: str | None = Non
         flat_scale=reduce,
         check=check,
         log_floor=log_floor,
+        binary_twin=binary_twin,
     )
 
 

@@ -455,3 +455,58 @@ def test_circle_kernel_matches_the_float64_reference():
     np.testing.assert_allclose(gpuloss.circle(big_labels, big), ref.circle(big_labels, big), rtol=1e-11)
     emb[4, 2] = np.nan
     assert np.isnan(gpuloss.circle(labels, emb)).all()
+
+
+@pytest.mark.parametrize("path", ["keras2", "keras3"])
+@pytest.mark.parametrize("focal", [False, True])
+def test_binary_twin_gives_the_element_terms_bits(path, focal):
+    """Binary crossentropy's one-log twin (RowProgram.binary_twin) against the same program
+    without it: the same sums bit for bit for binary labels (with NaN, ±inf, 0 and 1 among the
+    predictions), soft labels, and labels that turn soft part-way through a block (the chunk
+    is redone with the element term, the rest of the block takes it alone); weighted too. The
+    twin alone differs from the element term for a soft label, so the check is what keeps them
+    equal."""
+    import dataclasses
+
+    from gpuloss.losses import probabilistic as P
+
+    program = P.BFCE[path, False] if focal else P.BCE[path]
+    plain = dataclasses.replace(program, binary_twin=None)
+    params = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.0, "gamma": 2.0}
+    values = [params[n] for n in program.param_names()]
+    twin_mod = K.kernel_module(program, "float32", positive_logs=True)
+    plain_mod = K.kernel_module(plain, "float32", positive_logs=True)
+    assert "twin_off" in vars(twin_mod) and "twin_off" not in vars(plain_mod)
+    r = np.random.default_rng(3)
+    N = 3 * codegen.FLAT_BLOCK + 1234
+    p = r.random(N).astype(np.float32)
+    p[:8] = [0, 1, np.nan, np.inf, -np.inf, 1e-30, 1 - 1e-8, 0.5]
+    binary = (r.random(N) < 0.4).astype(np.float32)
+    soft = r.random(N).astype(np.float32)
+    mixed = binary.copy()
+    mixed[codegen.FLAT_BLOCK + 5000] = 0.25  # one soft label in the second block's fifth chunk
+    w = r.random(N).astype(np.float32)
+    for t in (binary, soft, mixed):
+        for weights, step in ((K.UNIT_WEIGHTS["float32"], 0), (w, 1)):
+            for suffix in ("ser", "par"):
+                got = getattr(twin_mod, f"flat_reduce_{suffix}")(t, p, weights, step, *values)
+                want = getattr(plain_mod, f"flat_reduce_{suffix}")(t, p, weights, step, *values)
+                assert np.array_equal(got, want, equal_nan=True), (program.name, suffix, step, got, want)
+    assert np.isnan(twin_mod.flat_reduce_ser(binary, p, K.UNIT_WEIGHTS["float32"], 0, *values)[0])  # the NaN p
+    q = np.nan_to_num(p, nan=0.5, posinf=1.0, neginf=0.0)
+    off = twin_mod.twin_off  # the check itself: soft labels and NaN are found
+    assert off(8, soft[:8], q[:8], np.float32(0)) and not off(8, binary[:8], q[:8], np.float32(0))
+    assert off(1, np.array([np.nan], np.float32), q[:1], np.float32(0))
+    # the twin itself is wrong for a soft label (so the sums above would differ without the check)
+    name = program.passes[0][0][1].term.name
+    e, b = getattr(twin_mod, f"e_{name}"), getattr(twin_mod, f"b_{name}")
+    assert e(np.float32(0.25), np.float32(0.7), *_term_args(program, params)) != \
+        b(np.float32(0.25), np.float32(0.7), *_term_args(program, params))
+    assert e(np.float32(1.0), np.float32(0.7), *_term_args(program, params)) == \
+        b(np.float32(1.0), np.float32(0.7), *_term_args(program, params))
+
+
+def _term_args(program, params):
+    """The element term's parameters after (t, p), as float32."""
+    term = program.passes[0][0][1].term
+    return [np.float32(params[a]) for a in term.args[2:]]

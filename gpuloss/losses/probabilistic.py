@@ -50,6 +50,23 @@ def bce_from_probs_keras3(ys, q):
 
 
 @term
+def bce_from_probs_keras2_binary(ys, q, epsilon):
+    # bce_from_probs_keras2 where ys is 0 or 1 and both log arguments are positive and finite
+    # (see RowProgram.binary_twin): the same bits with one log
+    return -log(ys * (q + epsilon) + (1 - ys) * (1 - q + epsilon))
+
+
+@term
+def bce_from_probs_keras3_binary(ys, q):
+    return -log(ys * q + (1 - ys) * (1 - q))
+
+
+@term
+def smoothed_binary_label(t, label_smoothing):
+    return smooth_binary(t, label_smoothing)
+
+
+@term
 def bce_logits(t, p, label_smoothing):
     return bce_from_logits(smooth_binary(t, label_smoothing), p)
 
@@ -112,9 +129,14 @@ def bfce_probs_keras3_balanced(t, p, label_smoothing, gamma, alpha, epsilon, one
 
 
 # the logs of the probability paths read q = clip(p, ε, 1 - ε) (see RowProgram.log_floor)
-BCE = {"logits": elementwise(bce_logits), "keras2": elementwise(bce_probs_keras2, log_floor="epsilon"),
-       "keras3": elementwise(bce_probs_keras3, log_floor="epsilon")}
-BFCE = {(path, balanced): elementwise(t, log_floor=None if path == "logits" else "epsilon")
+# with y' of 0 or 1 the reduced flat sweeps take one log instead of two (RowProgram.binary_twin)
+_TWINS = {"keras2": (smoothed_binary_label, bce_from_probs_keras2, bce_from_probs_keras2_binary),
+          "keras3": (smoothed_binary_label, bce_from_probs_keras3, bce_from_probs_keras3_binary)}
+BCE = {"logits": elementwise(bce_logits),
+       "keras2": elementwise(bce_probs_keras2, log_floor="epsilon", binary_twin=_TWINS["keras2"]),
+       "keras3": elementwise(bce_probs_keras3, log_floor="epsilon", binary_twin=_TWINS["keras3"])}
+BFCE = {(path, balanced): elementwise(t, log_floor=None if path == "logits" else "epsilon",
+                                      binary_twin=_TWINS.get(path))
         for (path, balanced), t in {
             ("logits", False): bfce_logits, ("keras2", False): bfce_probs_keras2,
             ("keras3", False): bfce_probs_keras3, ("logits", True): bfce_logits_balanced,
