@@ -312,7 +312,7 @@ def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sa
     inputs = [as_array(x, n) for x, n in zip(raw, spec.inputs)]
     # Keras 3 casts to its loss dtype in Loss.__call__; its functions keep the input dtype
     dtype, out_dtype = result_dtypes(raw[1], compat if is_class_call else "keras2")
-    converted = any(a is not r for a, r in zip(inputs, raw))
+    as_given = inputs  # before alignment: a direct plan remembers calls whose inputs needed no conversion
     aligns = len(inputs) == 2 and (is_class_call or (compat == "keras3" and spec.k3_function_aligns))
     if aligns:
         y, p = inputs
@@ -327,7 +327,7 @@ def _evaluate_host(spec, values: dict[str, Any], compat: str, reduction: Any, sa
         L, mask = plan.prepare(*inputs, dtype=dtype)
         batch = L.shape
         want_rows = True
-        if repeat_key is not None and not converted:
+        if repeat_key is not None and all(a is r for a, r in zip(as_given, raw)):
             _remember_direct(repeat_key, spec, plan.prepare, dtype, aligns, is_class_call, reduction, compat,
                              out_dtype)
     else:
@@ -675,9 +675,13 @@ def _remember(key, spec, values, raw, inputs, call: _CallPlan, arrays, labels, b
     r.batch, r.out_dtype = tuple(batch), out_dtype
     r.unweighted = (kernels.UNIT_WEIGHTS[bound.dtype], 0)  # the reduce kernels' weights and weight step
     r.as_input = kernels.as_kernel_input  # read-only inputs run the writable inputs' kernels
+    _store_repeat(key, r)
+
+
+def _store_repeat(key, repeat) -> None:
     if len(_REPEATS) >= _REPEATS_MAX:
         _REPEATS.clear()
-    _REPEATS[key] = r
+    _REPEATS[key] = repeat
 
 
 class _DirectRepeat:
@@ -703,9 +707,7 @@ def _remember_direct(key, spec, prepare, dtype, align: bool, class_call: bool, r
     r = _DirectRepeat()
     r.names, r.prepare, r.dtype, r.align = tuple(spec.inputs), prepare, dtype, align
     r.class_call, r.reduction, r.compat, r.out_dtype = class_call, reduction, compat, out_dtype
-    if len(_REPEATS) >= _REPEATS_MAX:
-        _REPEATS.clear()
-    _REPEATS[key] = r
+    _store_repeat(key, r)
 
 
 def _raise_bad_labels(labels: np.ndarray, C: int, ignore_class):

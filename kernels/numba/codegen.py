@@ -739,9 +739,9 @@ class _Gen:
             tchain = target.callees() + [target]
             parts += [_emit_term(t, "e_", "_T", names | {c.name for c in tchain}) for t in tchain
                       if t not in elem_terms]
-            chain = st.term.callees() + [st.term]
-            bnames = {t.name for t in chain + replacement.callees()}
-            for t in replacement.callees() + chain:
+            chain = list(dict.fromkeys(replacement.callees() + st.term.callees() + [st.term]))
+            bnames = {t.name for t in chain}
+            for t in chain:
                 parts.append(_emit_term(replacement, "b_", "_T", bnames, name=inner.name) if t is inner
                              else _emit_term(t, "b_", "_T", bnames))
             parts.append(self.twin_off())

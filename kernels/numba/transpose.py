@@ -13,18 +13,18 @@ loop: 0.29-0.33). The values are moved, never converted: the same bits as the lo
 
 A tile's rows are read in a burst and then computed on while memory idles, unless the next
 tile's lines are already on their way. :func:`prefetch_lines` asks for one share of them: the
-tile kernels of K passes over C columns ask for share k·C + j of K·C in column j of pass k,
-so the requests are spread over the whole compute of a tile. All of them at once after the copy (128 lines for
-two inputs, far more than a core's dozens of outstanding misses) stalled the core until most
-had arrived, so that reading and computing still took turns. CCE at 1e7 float32 in rows of
-10, the tile kernel on 2 threads, alternating, paired ratios (medians of 31) against the
-prefetch after the copy: no prefetch 1.02-1.07, all lines after the copy as prefetcht2 0.86-0.89,
-spread over the column loops 0.77 (CCE from probabilities, twice), 0.82 from logits, 0.84
-focal, 0.86 SCCE from probabilities, 0.93 from logits; two tiles ahead instead of one: no
+tile kernels of K passes over C columns ask for share k·C + j of K·C in column j of pass k, so
+the requests are spread over the whole compute of a tile. All of them at once after the copy
+(128 lines for two inputs, far more than a core's dozens of outstanding misses) stalled the core
+until most had arrived, so that reading and computing still took turns. CCE at 1e7 float32 in
+rows of 10, the tile kernel on 2 threads, alternating, paired ratios (medians of 31) against the
+prefetch after the copy: no prefetch 1.02-1.07, all lines after the copy as prefetcht2
+0.86-0.89, spread over the column loops 0.77 (CCE from probabilities, twice), 0.82 from logits,
+0.84 focal, 0.86 SCCE from probabilities, 0.93 from logits; two tiles ahead instead of one: no
 better (0.77-0.94). Shares worked out once a tile (:func:`share_lines`) rather than by two
-divisions in every call: CCE 0.73 instead of 0.77 at 1e7; in cache (1e6) the prefetches cost
-4-5 %. The prefetch after the copy had itself gained only 0.88-0.97 against none; with the
-shuffles the copy takes 0.78-0.93 of the column loop's time at 1e6 and 1e7.
+divisions in every call: CCE 0.73 instead of 0.77 at 1e7; in cache (1e6) the prefetches cost 4-5
+%. The prefetch after the copy had itself gained only 0.88-0.97 against none; with the shuffles
+the copy takes 0.78-0.93 of the column loop's time at 1e6 and 1e7.
 """
 
 from __future__ import annotations
