@@ -143,6 +143,14 @@ class RowProgram:
     #: 0 or 1 one of its two logs is multiplied by 0, and ``-log(y'·a + (1 - y')·b)`` is
     #: ``-(y'·log a + (1 - y')·log b)``.
     binary_twin: tuple[Term, Term, Term] | None = None
+    #: ``(target, zero_ok)``: where ``target`` (a term of the elements and parameters) is 1 at
+    #: one element of a row and 0 at every other, and ``zero_ok`` holds at every element (it
+    #: says that the element term there is ±0 when the target is 0), the Sum of the last pass,
+    #: that pass's only statistic, is the element term at the one element: 0 + ±0 + v + ±0 is
+    #: v. The CPU's tile kernels take it there, one transcendental per row instead of one per
+    #: element (see kernels/numba/codegen._Gen.onehot_pass). Categorical crossentropy of
+    #: probabilities: with one-hot labels ``-Σ y'·log q`` is ``-log q`` at the label.
+    onehot_twin: tuple[Term, Term] | None = None
 
     @property
     def terms(self) -> list[Term]:
@@ -152,6 +160,11 @@ class RowProgram:
                 if sub not in out:
                     out.append(sub)
         return out
+
+    @property
+    def twin_terms(self) -> list[Term]:
+        """The terms of the twins (binary_twin, onehot_twin), which only the CPU kernels use."""
+        return list(self.binary_twin or ()) + list(self.onehot_twin or ())
 
     @property
     def stat_names(self) -> tuple[str, ...]:
@@ -177,7 +190,7 @@ class RowProgram:
         h.update(repr((self.name, self.elements, self.sparse, self.flat_scale, self.check, self.log_floor)).encode())
         for p in self.passes:
             h.update(repr([(n, s.kind, s.term.name) for n, s in p]).encode())
-        for t in self.terms + list(self.binary_twin or ()):
+        for t in self.terms + self.twin_terms:
             h.update(t.source.encode())
         return h.hexdigest()[:16]
 

@@ -11,6 +11,7 @@ import pytest
 import gpuloss
 from gpuloss.kernels import numba as K
 from gpuloss.kernels.numba import codegen
+from gpuloss.program import term
 
 rng = np.random.default_rng(3)
 
@@ -510,3 +511,93 @@ def _term_args(program, params):
     """The element term's parameters after (t, p), as float32."""
     term = program.passes[0][0][1].term
     return [np.float32(params[a]) for a in term.args[2:]]
+
+
+
+@term
+def unconditional_sp(sp):
+    return (sp == sp) | (sp != sp)
+
+
+@term
+def unconditional_e(e):
+    return (e == e) | (e != e)
+
+
+def _onehot_cases():
+    from gpuloss.losses import probabilistic as P
+
+    return [(P.CCE_PROBS, False), (P.CFCE_PROBS, False), (P.CFCE_PROBS, True), (P.CFCE_LOGITS, True)]
+
+
+def _onehot_rows(program, C, r):
+    """One-hot labels and predictions over five blocks, with the rows that must fall back."""
+    R = 5 * codegen.BLOCK // C + 37
+    t = np.zeros((R, C), np.float32)
+    t[np.arange(R), r.integers(0, C, R)] = 1
+    p = (r.standard_normal((R, C)) * 3 if "logits" in program.name else r.uniform(0.01, 1, (R, C)))
+    p = p.astype(np.float32)
+    mid = R // 2
+    p[mid, 0], p[mid + 7, C - 1] = np.nan, np.inf
+    p[mid + 20] = 0  # a zero row sum (0/0) from probabilities, softmax of zeros from logits
+    p[mid + 21] = -0.0
+    if C > 1:
+        p[mid + 22, :2] = [1.5, -1.5]  # a row sum of 0 with nonzero predictions
+        t[R // 4, :2] = 1  # two ones
+    t[R // 5] = 0  # all-zero labels
+    t[R // 3, 0] = 0.25  # a soft label
+    t[3 * R // 4, C - 1] = np.nan
+    return t, p
+
+
+@pytest.mark.parametrize("program,per_class", _onehot_cases(), ids=lambda v: getattr(v, "name", None) or str(v))
+def test_onehot_twin_gives_the_element_terms_bits(program, per_class):
+    """The categorical crossentropies' one-hot twin (RowProgram.onehot_twin: one term per row
+    where the labels are one-hot) against the same program without it, bit for bit, per row and
+    reduced (weighted too), serial and threaded, over several blocks: one-hot rows, and rows
+    that must fall back to the element terms — a NaN, an inf, a zero or negative-zero row sum
+    among the predictions, labels all 0, two 1s, a soft label, a NaN label, label smoothing,
+    and with per-class α an infinite α (every row then NaN, as in Keras). The twin without its
+    zero_ok condition gives other numbers on these rows (from probabilities an inf in a row
+    whose label is elsewhere; an infinite α): the test sees the condition."""
+    import dataclasses
+
+    plain = dataclasses.replace(program, onehot_twin=None)
+    unchecked = dataclasses.replace(
+        program, onehot_twin=(program.onehot_twin[0], unconditional_e if "logits" in program.name else unconditional_sp))
+    r = np.random.default_rng(5)
+    unit = K.UNIT_WEIGHTS["float32"]
+    for C in (1, 10, 16):
+        t, p = _onehot_rows(program, C, r)
+        R = t.shape[0]
+        w = r.random(R)
+        params = {"epsilon": 1e-7, "one_minus_epsilon": 1 - 1e-7, "label_smoothing": 0.0, "gamma": 2.0,
+                  "alpha": r.uniform(0.1, 0.9, C) if per_class else 0.25, "label_classes": float(C)}
+        colp = K._column_params(params)
+        mods = {name: K.kernel_module(prog, "float32", colp, positive_logs=True)
+                for name, prog in (("twin", program), ("plain", plain), ("unchecked", unchecked))}
+        assert "use_hot" in Path(mods["twin"].__file__).read_text()
+        assert "use_hot" not in Path(mods["plain"].__file__).read_text()
+        for smoothing, inf_alpha in ((0.0, False), (0.1, False), (0.0, per_class and C > 1)):
+            params["label_smoothing"] = smoothing
+            if inf_alpha:
+                params["alpha"][C - 1] = np.inf
+            pv = K._param_values(program, params)
+            for suffix in ("ser", "par"):
+                twin, base = getattr(mods["twin"], f"tile_{suffix}"), getattr(mods["plain"], f"tile_{suffix}")
+                got, want = np.empty(R), np.empty(R)
+                twin(t, p, got, unit, 0, *pv)
+                base(t, p, want, unit, 0, *pv)
+                assert _bits(got) == _bits(want), (program.name, C, smoothing, inf_alpha, suffix)
+                assert (~np.isfinite(got)).sum() >= (R if inf_alpha else 2)  # inf α: NaN, or inf at the label
+                assert inf_alpha or np.isfinite(got).sum() > R // 2
+                for weights, step in ((unit, 0), (w, 1)):
+                    a = twin(t, p, np.empty(0), weights, step, *pv)
+                    b = base(t, p, np.empty(0), weights, step, *pv)
+                    assert np.array_equal(a, b, equal_nan=True), (program.name, C, smoothing, suffix, step)
+            # with one class there is no zero label; from logits a non-finite e makes the
+            # label's own term NaN too, so only an infinite α tells the unchecked twin apart
+            if smoothing == 0.0 and C > 1 and ("logits" not in program.name or inf_alpha):
+                loose = np.empty(R)
+                mods["unchecked"].tile_ser(t, p, loose, unit, 0, *pv)
+                assert _bits(loose) != _bits(want), (program.name, C)

@@ -237,18 +237,51 @@ def sum_finish(s):
     return s
 
 
+@term
+def label_classes_smoothed(t, label_smoothing, label_classes):
+    return smooth_categorical(t, label_smoothing, label_classes)
+
+
+@term
+def finite_nonzero(s):
+    # s - s is NaN for ±inf and NaN
+    return (s - s == 0) & (s != 0)
+
+
+# the one-hot twins' conditions (RowProgram.onehot_twin): a zero label's term is ±0. With the
+# row's sum sp (float64 sum of float32 values) finite, every p of the row is finite, and with
+# sp not 0 no p / sp is 0/0; then q = clip(p / sp, ε, 1 - ε) is in [ε, 1 - ε] (ε > 0: the
+# twin needs log_floor in range) and -0·log q is ±0. From logits the same holds of the sum e of
+# exp(x - m), each in [0, 1] where e is finite. The focal factor α·(1 - q)**γ is finite where
+# α is (γ >= 0 is checked)
+@term
+def cce_zero_ok(sp):
+    return finite_nonzero(sp)
+
+
+@term
+def cfce_prob_zero_ok(sp, alpha):
+    return finite_nonzero(sp) & (alpha - alpha == 0)
+
+
+@term
+def cfce_logit_zero_ok(e, alpha):
+    return finite_nonzero(e) & (alpha - alpha == 0)
+
+
+# with one-hot labels the tile kernels take one log per row (RowProgram.onehot_twin)
 CCE_PROBS = RowProgram("cce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cce_prob_element)),)), row_sum,
-                       log_floor="epsilon")
+                       log_floor="epsilon", onehot_twin=(smoothed_label, cce_zero_ok))
 CCE_LOGITS = RowProgram(
     "cce_logits", ("t", "p"),
     ((("m", Max(element)),),
      (("e", Sum(shifted_exp)), ("ys", Sum(smoothed_label)), ("yx", Sum(smoothed_label_times_shifted_logit)))),
     cce_logits_finish)
 CFCE_PROBS = RowProgram("cfce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cfce_prob_element)),)),
-                        row_sum, log_floor="epsilon")
+                        row_sum, log_floor="epsilon", onehot_twin=(label_classes_smoothed, cfce_prob_zero_ok))
 CFCE_LOGITS = RowProgram("cfce_logits", ("t", "p"),
                          ((("m", Max(element)),), (("e", Sum(shifted_exp)),), (("s", Sum(cfce_logit_element)),)),
-                         row_sum, log_floor="epsilon")
+                         row_sum, log_floor="epsilon", onehot_twin=(label_classes_smoothed, cfce_logit_zero_ok))
 
 
 @loss("CategoricalCrossentropy")
