@@ -75,8 +75,11 @@ CHUNK_MAX_ROWS = 32
 # small buffer in a plain elementwise loop (vectorised without reassociation) and only the sum of
 # that buffer (kernels/numba/accumulate.py) is reassociated. (Leaving terms as separate functions for
 # LLVM to inline failed: the larger ones were not inlined and their loops stayed scalar.)
-# No 'nnan'/'ninf' anywhere: NaN and inf propagate as they do in Keras.
-FASTMATH = {"contract", "nsz", "arcp"}
+# No 'nnan'/'ninf' anywhere: NaN and inf propagate as they do in Keras. No 'arcp' either: with it
+# LLVM took 1/Σp out of a row's loop and multiplied by it, and p·(1/Σp) is not Keras's p/Σp
+# (categorical crossentropy's rows of 40 differed from one division in the last bit, which the
+# one-hot twin's bitwise test found).
+FASTMATH = {"contract", "nsz"}
 #: Term values are buffered in chunks of this many elements (4 KiB of float32, in L1) and
 #: summed by kernels.numba.accumulate, whose float64 loop alone is reassociated and vectorised.
 BUF = 1024
@@ -287,7 +290,11 @@ class _Gen:
         done: list[str] = []
         for k in range(len(self.p.passes)):
             out.append(self.stats_decl_T(done, body_ind).rstrip("\n")) if done else None
-            out.append(self.pass_loop(k, body_ind, row, "0", "C").rstrip("\n"))
+            loop = self.pass_loop(k, body_ind, row, "0", "C").rstrip("\n")
+            if self.onehot_active() and k == len(self.p.passes) - 1:
+                loop = self.onehot_row(body_ind, row, k) + f"{body_ind}if not hot_:\n" \
+                    + "\n".join("    " + x for x in loop.split("\n"))
+            out.append(loop)
             done += [n for n, _ in self.p.passes[k]]
         out.append(f"{body_ind}val = " + self._call(self.p.finish, "f_", "_F", None, None))
         return "\n".join(x for x in out if x) + "\n"
@@ -400,6 +407,44 @@ class _Gen:
         last = self.p.passes[-1]
         return len(last) == 1 and last[0][1].kind == "sum"
 
+    def _onehot_parts(self) -> tuple[Term, Term, bool]:
+        """The twin's target and zero_ok terms, and whether zero_ok reads neither elements nor
+        per-column parameters (then it is tested once per row)."""
+        target, zero_ok = self.p.onehot_twin
+        per_row = not any(a in ELEMENT_NAMES or a in self.colp
+                          for t in zero_ok.callees() + [zero_ok] for a in t.args)
+        return target, zero_ok, per_row
+
+    def onehot_row(self, ind: str, row: str, k: int) -> str:
+        """The row kernels' one-hot twin (see onehot_pass): integer counts of the row's zero and
+        one targets and the column of its one, in a loop that vectorises without reassociation
+        (integer sums); where the row is one-hot and zero_ok holds, its last pass's Sum is the
+        element term at that column (``hot_`` true), else the pass runs as written."""
+        target, zero_ok, per_row = self._onehot_parts()
+        (n, st), = self.p.passes[k]
+        inner = ind + "    "
+        y = self._call(target, "e_", "_T", "j", None)
+        ok = self._call(zero_ok, "e_", "_T", "j", None if per_row else "q0 + j")
+        zero = "y_ == _T(0.0)" if per_row else f"(y_ == _T(0.0)) & {ok}"
+        value = self._call(st.term, "e_", "_T", f"{row}, hcol_", "hcol_", elements="{}_arr")
+        return "\n".join([
+            f"{ind}zeros_ = 0",
+            f"{ind}ones_ = 0",
+            f"{ind}hcol_ = 0",
+            f"{ind}for q0 in range(0, C, BUF):",
+            f"{inner}q1 = min(C, q0 + BUF)",
+            self.slices(inner, row, "q0:q1").rstrip("\n"),
+            f"{inner}for j in range(q1 - q0):",
+            f"{inner}    y_ = {y}",
+            f"{inner}    one_ = y_ == _T(1.0)",
+            f"{inner}    zeros_ += 1 if {zero} else 0",
+            f"{inner}    ones_ += 1 if one_ else 0",
+            f"{inner}    hcol_ += q0 + j if one_ else 0",
+            f"{ind}hot_ = (zeros_ == C - 1) & (ones_ == 1)" + (f" & {ok}" if per_row else ""),
+            f"{ind}if hot_:",
+            f"{inner}st_{n} = _F({value})",
+        ]) + "\n"
+
     def onehot_pass(self, ind: str, k: int, names: list[str]) -> list[str]:
         """The last pass of a tile by the one-hot twin, while ``use_hot`` holds: one sweep over
         the columns adds up each row's targets (``hc``), its zero targets (``hz``) and target ×
@@ -411,12 +456,10 @@ class _Gen:
         else ``use_hot`` turns off for the rest of the block and the pass is done as written.
         The sums are exact in float32 (at most TILE_MAX_C columns). Counts per row instead of
         an or-reduction of the tests in the column loop: CCE at 1e6, one thread, paired, 0.93."""
-        target, zero_ok = self.p.onehot_twin
+        target, zero_ok, per_row = self._onehot_parts()
         (n, st), = self.p.passes[k]
         inner = ind + "    "
         y = self._call(target, "e_", "_T", "i", "j", row="i")
-        per_row = not any(a in ELEMENT_NAMES or a in self.colp
-                          for t in zero_ok.callees() + [zero_ok] for a in t.args)
         ok = self._call(zero_ok, "e_", "_T", "i", None if per_row else "j", row="i")
         zero = "y_ == _T(0.0)" if per_row else f"(y_ == _T(0.0)) & {ok}"
         row_ok = f" | (not {ok})" if per_row else ""
