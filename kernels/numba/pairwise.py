@@ -91,7 +91,7 @@ def circle_rows(emb: np.ndarray, labels: np.ndarray, ref: np.ndarray, ref_labels
     out = np.empty(emb.shape[0])
     if emb.shape[0] == 0:
         return out
-    ref_t = np.ascontiguousarray(ref.T, dtype=np.float64)
+    ref_t = ref.T.copy()  # C order, as the callers pass float64
     run = _rows_ser if emb.shape[0] * ref.shape[0] < SERIAL_BELOW_PAIRS else _rows_par
     run(emb, labels, ref_t, ref_labels, bool(remove_diagonal), float(gamma), float(margin), out)
     return out
