@@ -147,8 +147,9 @@ class RowProgram:
     #: one element of a row and 0 at every other, and ``zero_ok`` holds at every element (it
     #: says that the element term there is ±0 when the target is 0), the Sum of the last pass,
     #: that pass's only statistic, is the element term at the one element: 0 + ±0 + v + ±0 is
-    #: v. The CPU's tile kernels take it there, one transcendental per row instead of one per
-    #: element (see kernels/numba/codegen._Gen.onehot_pass). Categorical crossentropy of
+    #: v, or +0.0 where v is -0.0 (the kernels store v with a -0.0 made +0.0). The CPU's tile
+    #: and row kernels take it there, one transcendental per row instead of one per element
+    #: (see kernels/numba/codegen._Gen.onehot_pass and onehot_row). Categorical crossentropy of
     #: probabilities: with one-hot labels ``-Σ y'·log q`` is ``-log q`` at the label.
     onehot_twin: tuple[Term, Term] | None = None
 

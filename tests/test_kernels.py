@@ -559,7 +559,8 @@ def test_onehot_twin_gives_the_element_terms_bits(program, per_class):
     (tile and row kernels) and reduced (the tiles' weighted sums), over several blocks: one-hot rows, and rows
     that must fall back to the element terms — a NaN, an inf, a zero or negative-zero row sum
     among the predictions, labels all 0, two 1s, a soft label, a NaN label, label smoothing,
-    and with per-class α an infinite α (every row then NaN, as in Keras). The twin without its
+    with per-class α an infinite α (every row then NaN, as in Keras), and an α of -0.0 (focal
+    terms of -0.0, +0.0 once summed). The twin without its
     zero_ok condition gives other numbers on these rows (from probabilities an inf in a row
     whose label is elsewhere; an infinite α): the test sees the condition."""
     import dataclasses
@@ -580,16 +581,27 @@ def test_onehot_twin_gives_the_element_terms_bits(program, per_class):
                 for name, prog in (("twin", program), ("plain", plain), ("unchecked", unchecked))}
         assert "use_hot" in Path(mods["twin"].__file__).read_text()
         assert "use_hot" not in Path(mods["plain"].__file__).read_text()
-        for smoothing, inf_alpha in ((0.0, False), (0.1, False), (0.0, per_class and C > 1)):
+        focal = "alpha" in program.param_names()
+        alpha = params["alpha"]
+        # α = -0.0 (at class 0 where per class): the focal terms at those labels are -0.0, which a
+        # sum starting from 0.0 makes +0.0 and the twin must too
+        for smoothing, inf_alpha, negative_zero_alpha in ((0.0, False, False), (0.1, False, False),
+                                                           (0.0, per_class and C > 1, False), (0.0, False, focal)):
             params["label_smoothing"] = smoothing
-            if inf_alpha:
-                params["alpha"][C - 1] = np.inf
+            if per_class:
+                params["alpha"] = alpha.copy()
+                params["alpha"][C - 1] = np.inf if inf_alpha else alpha[C - 1]
+                params["alpha"][0] = -0.0 if negative_zero_alpha else alpha[0]
+            else:
+                params["alpha"] = -0.0 if negative_zero_alpha else alpha
             pv = K._param_values(program, params)
-            # the tile kernels (short rows) and the row kernels (any length)
-            # serial kernels: the threaded ones are the same code in a prange (their bits for any
-            # thread count: test_same_bits_for_any_thread_count); the row kernels' reduce is
-            # their rows' loop with weights (each kernel compiled costs seconds in CI)
-            kinds = (("tile", "ser"), ("rows", "ser")) if C <= codegen.TILE_MAX_C else (("rows", "ser"),)
+            # the tile kernels (short rows) and the row kernels (any length), serial; the
+            # threaded ones are the same code in a prange (their bits for any thread count:
+            # test_same_bits_for_any_thread_count), compiled here once, for the longest rows, as
+            # their type inference once failed where the serial one passed (CFCE from logits);
+            # the row kernels' reduce is their rows' loop with weights (each kernel compiled
+            # costs seconds in CI)
+            kinds = (("tile", "ser"), ("rows", "ser")) if C <= codegen.TILE_MAX_C else (("rows", "ser"), ("rows", "par"))
             for kind, suffix in kinds:
                 twin, base = getattr(mods["twin"], f"{kind}_{suffix}"), getattr(mods["plain"], f"{kind}_{suffix}")
                 got, want = np.empty(R), np.empty(R)

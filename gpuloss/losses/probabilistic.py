@@ -249,11 +249,11 @@ def finite_nonzero(s):
 
 
 # the one-hot twins' conditions (RowProgram.onehot_twin): a zero label's term is ±0. With the
-# row's sum sp (float64 sum of float32 values) finite, every p of the row is finite, and with
-# sp not 0 no p / sp is 0/0; then q = clip(p / sp, ε, 1 - ε) is in [ε, 1 - ε] (ε > 0: the
-# twin needs log_floor in range) and -0·log q is ±0. From logits the same holds of the sum e of
-# exp(x - m), each in [0, 1] where e is finite. The focal factor α·(1 - q)**γ is finite where
-# α is (γ >= 0 is checked)
+# row's sum sp (in float64, rounded to the compute dtype for this test) finite, every p of the
+# row is finite, and with sp not 0 no p / sp is 0/0; then q = clip(p / sp, ε, 1 - ε) is in
+# [ε, 1 - ε] (ε > 0: the twin needs log_floor in range) and -0·log q is ±0. From logits the same
+# holds of the sum e of exp(x - m), each in [0, 1] where e is finite. The focal factor
+# α·(1 - q)**γ is finite where α is (γ >= 0 is checked)
 @term
 def cce_zero_ok(sp):
     return finite_nonzero(sp)
@@ -269,7 +269,7 @@ def cfce_logit_zero_ok(e, alpha):
     return finite_nonzero(e) & (alpha - alpha == 0)
 
 
-# with one-hot labels the tile kernels take one log per row (RowProgram.onehot_twin)
+# with one-hot labels the tile and row kernels take one log per row (RowProgram.onehot_twin)
 CCE_PROBS = RowProgram("cce_probs", ("t", "p"), ((("sp", Sum(element)),), (("s", Sum(cce_prob_element)),)), row_sum,
                        log_floor="epsilon", onehot_twin=(smoothed_label, cce_zero_ok))
 CCE_LOGITS = RowProgram(

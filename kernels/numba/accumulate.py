@@ -80,3 +80,24 @@ def fenced(typingctx, x):
         return builder.call(fence, [args[0]])
 
     return x(x), codegen
+
+
+@intrinsic
+def plus_zero(typingctx, x):
+    """``x`` with a -0.0 made +0.0, as a sum that starts from 0.0 leaves it (-0.0 + 0.0 is
+    +0.0). In integer operations on the bits: under 'nsz' LLVM may drop ``x + 0.0`` or
+    ``x if x != 0 else 0.0``, and the fast-math pass puts 'nsz' on every float operation of a
+    kernel. The one-hot twins store a row's single term where the pass sums C of them: a
+    focal term of -0.0 (α = -0.0, or α < 0 with (1 - q)^γ underflowing) came out -0.0 there
+    and +0.0 from the sum."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(32 if sig.args[0] == types.float32 else 64)
+        bits = builder.bitcast(args[0], ity)
+        negative_zero = ir.Constant(ity, 1 << (ity.width - 1))
+        is_negative_zero = builder.icmp_unsigned("==", bits, negative_zero)
+        return builder.bitcast(builder.select(is_negative_zero, ir.Constant(ity, 0), bits), args[0].type)
+
+    return x(x), codegen

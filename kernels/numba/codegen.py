@@ -292,8 +292,9 @@ class _Gen:
             out.append(self.stats_decl_T(done, body_ind).rstrip("\n")) if done else None
             loop = self.pass_loop(k, body_ind, row, "0", "C").rstrip("\n")
             if self.onehot_active() and k == len(self.p.passes) - 1:
-                loop = self.onehot_row(body_ind, row, k) + f"{body_ind}if not hot_:\n" \
-                    + "\n".join("    " + x for x in loop.split("\n"))
+                # "else:", not a second "if not hot_:": with two ifs Numba's type inference of
+                # the threaded row kernels of CFCE from logits failed ("unexpected cycle in lookup")
+                loop = self.onehot_row(body_ind, row, k) + "\n".join("    " + x for x in loop.split("\n"))
             out.append(loop)
             done += [n for n, _ in self.p.passes[k]]
         out.append(f"{body_ind}val = " + self._call(self.p.finish, "f_", "_F", None, None))
@@ -398,9 +399,9 @@ class _Gen:
                 + f"{ind}else:\n{ind}    " + deeper.format(call))
 
     def onehot_active(self) -> bool:
-        """The tile kernels have the program's one-hot twin (RowProgram.onehot_twin): where its
-        logs take log_positive (the zero terms' logs are then finite, see codegen.positive_logs),
-        without a check, and where the last pass has a single Sum."""
+        """The tile and row kernels have the program's one-hot twin (RowProgram.onehot_twin):
+        where its logs take log_positive (the zero terms' logs are then finite, see
+        codegen.positive_logs), without a check, and where the last pass has a single Sum."""
         if self.p.onehot_twin is None or not self.positive_logs or self.p.check is not None \
                 or not self.p.passes or self.p.sparse:
             return False
@@ -442,7 +443,8 @@ class _Gen:
             f"{inner}    hcol_ += q0 + j if one_ else 0",
             f"{ind}hot_ = (zeros_ == C - 1) & (ones_ == 1)" + (f" & {ok}" if per_row else ""),
             f"{ind}if hot_:",
-            f"{inner}st_{n} = _F({value})",
+            f"{inner}st_{n} = plus_zero(_F({value}))",
+            f"{ind}else:",
         ]) + "\n"
 
     def onehot_pass(self, ind: str, k: int, names: list[str]) -> list[str]:
@@ -492,7 +494,7 @@ class _Gen:
             f"{inner}        hcol[i] = h_",
             *gather,
             f"{inner}    for i in range(nt):",
-            f"{inner}        st_{n}[i] = _F({value})",
+            f"{inner}        st_{n}[i] = plus_zero(_F({value}))",
         ]
 
     def twin_off(self) -> str:
@@ -840,7 +842,7 @@ class _Gen:
             "_F = float64",
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
-            "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced",
+            "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced, plus_zero",
             "from gpuloss.kernels.numba.transpose import copy_columns, prefetch_lines, share_lines",
             f"BUF = {BUF if _costly(elem_terms) else BUF_CHEAP}",
             f"BLOCK = {BLOCK}",
