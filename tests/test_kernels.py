@@ -556,13 +556,13 @@ def _onehot_rows(program, C, r):
 def test_onehot_twin_gives_the_element_terms_bits(program, per_class):
     """The categorical crossentropies' one-hot twin (RowProgram.onehot_twin: one term per row
     where the labels are one-hot) against the same program without it, bit for bit, per row
-    (tile and row kernels) and reduced (the tiles' weighted sums), over several blocks: one-hot rows, and rows
-    that must fall back to the element terms — a NaN, an inf, a zero or negative-zero row sum
-    among the predictions, labels all 0, two 1s, a soft label, a NaN label, label smoothing,
-    with per-class α an infinite α (every row then NaN, as in Keras), and an α of -0.0 (focal
-    terms of -0.0, +0.0 once summed). The twin without its
-    zero_ok condition gives other numbers on these rows (from probabilities an inf in a row
-    whose label is elsewhere; an infinite α): the test sees the condition."""
+    (tile and row kernels) and reduced (the tiles' weighted sums), over several blocks: one-hot
+    rows, and rows that must fall back to the element terms — a NaN, an inf, a zero or
+    negative-zero row sum among the predictions, labels all 0, two 1s, a soft label, a NaN
+    label, label smoothing, with per-class α an infinite α (every row then NaN, as in Keras),
+    and an α of -0.0 (focal terms of -0.0, +0.0 once summed). The twin without its zero_ok
+    condition gives other numbers on these rows (from probabilities an inf in a row whose label
+    is elsewhere; an infinite α): the test sees the condition."""
     import dataclasses
 
     plain = dataclasses.replace(program, onehot_twin=None)
