@@ -420,7 +420,8 @@ class _Gen:
         """The row kernels' one-hot twin (see onehot_pass): integer counts of the row's zero and
         one targets and the column of its one, in a loop that vectorises without reassociation
         (integer sums); where the row is one-hot and zero_ok holds, its last pass's Sum is the
-        element term at that column (``hot_`` true), else the pass runs as written."""
+        element term at that column (``hot_`` true). Ends in ``else:``: the caller indents the
+        pass as written under it."""
         target, zero_ok, per_row = self._onehot_parts()
         (n, st), = self.p.passes[k]
         inner = ind + "    "
