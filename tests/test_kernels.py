@@ -249,6 +249,12 @@ def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
                 # rows summed in place: the same sums in the same order as the copied tiles
                 d = np.array(mod.tile_direct_ser(*arrs, np.empty(0, dtype), weights, step, *sp, *pv))
                 np.testing.assert_array_equal(d, b, err_msg=f"{program.name} C={C}")
+        # unit weights skip the weighted loop (the values' sum and the count of valid rows):
+        # the same bits as a weight of one per row through it, ignored and bad rows included
+        ones = np.ones(R)
+        np.testing.assert_array_equal(np.array(mod.tile_ser(*arrs, np.empty(0, dtype), unit, 0, *sp, *pv)),
+                                      np.array(mod.tile_ser(*arrs, np.empty(0, dtype), ones, 1, *sp, *pv)),
+                                      err_msg=f"{program.name} C={C}")
         if codegen.direct_ok(program) and layout == "c":
             direct_rows = np.empty(R, dtype)
             assert mod.tile_direct_ser(*arrs, direct_rows, unit, 0, *sp, *pv)[3] == 0
