@@ -306,6 +306,18 @@ def test_log_positive_is_log32_bit_for_bit_on_its_domain() -> None:
     assert re.search(r"<(8|16) x float>", ir) and not _LIBM.search(ir)
 
 
+def test_exp_nonpositive_is_exp32_bit_for_bit_on_its_domain() -> None:
+    # the kernels' exp of x - (row maximum of x) takes exp32 without its overflow clamp: on
+    # every float32 <= 0 (all 2^31 + 1 of them: -0.0 and the negative patterns), -inf and NaN
+    # the same bits
+    for lo in range(1 << 31, 1 << 32, 1 << 24):
+        x = np.arange(lo, lo + (1 << 24), dtype=np.uint32).view(F32)
+        x = np.concatenate([x, np.array([0.0, -np.inf, np.nan], F32)])
+        got, want = _apply("_exp_nonpositive", x), _apply("exp32", x)
+        same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+        assert same.all(), (x[~same][:8], got[~same][:8], want[~same][:8])
+
+
 def test_nan_with_payload_or_sign_gives_nan() -> None:
     qnan = np.array([0x7FC00001, 0xFFC12345], dtype=np.uint32).view(F32)
     for name in _REFS:

@@ -11,6 +11,7 @@ import pytest
 import gpuloss
 from gpuloss.kernels import numba as K
 from gpuloss.kernels.numba import codegen
+from gpuloss.losses.probabilistic import element as codegen_element
 from gpuloss.program import term
 
 rng = np.random.default_rng(3)
@@ -147,6 +148,52 @@ def test_reduced_call_allocates_no_input_sized_temporary(make, order):
         tracemalloc.stop()
     # a fixed ~0.2 MB of Python objects and block partials, whatever the size
     assert peak <= 0.01 * (p.nbytes + y.nbytes), f"peak extra memory {peak} bytes"
+
+
+@term
+def _negated(p):
+    return -p
+
+
+@term
+def _exp_of_difference(p, m):
+    return exp(p - m)  # noqa: F821 - a vocabulary word, resolved by the code generators
+
+
+@term
+def _swapped(p, m):
+    return _exp_of_difference(m, p)
+
+
+@term
+def _log_of(e):
+    return log(e)  # noqa: F821
+
+
+def test_exp_of_an_element_less_its_row_maximum_drops_the_overflow_clamp():
+    """exp(x - m) with m the row maximum of x itself becomes exp_nonpositive in the terms the
+    kernels call by the program's names; a maximum of another function of x, or a term reached
+    through another term (which may bind its names otherwise), keeps exp. The last pass's
+    float32 copies of its sums are written only where something reads them."""
+    from gpuloss.losses import probabilistic as P
+    from gpuloss.program import Max, RowProgram, Sum
+
+    def calls(src, word):
+        return [line.strip() for line in src.splitlines() if f"{word}(" in line and "import" not in line]
+
+    for program in (P.CCE_LOGITS, P.SCCE_LOGITS, P.CFCE_LOGITS):
+        src = codegen.module_source(program, "float32")
+        assert calls(src, "exp_nonpositive") and not calls(src, " exp"), program.name
+    own = codegen.module_source(RowProgram("own_max", ("p",), ((("m", Max(codegen_element)),),
+                                                               (("e", Sum(_exp_of_difference)),)), _log_of), "float32")
+    assert calls(own, "exp_nonpositive") == ["return exp_nonpositive(p - m)"]
+    for first, second in ((_negated, _exp_of_difference), (codegen_element, _swapped)):
+        other = codegen.module_source(RowProgram("other", ("p",), ((("m", Max(first)),), (("e", Sum(second)),)),
+                                                 _log_of), "float32")
+        assert not calls(other, "exp_nonpositive") and calls(other, "exp"), (first.name, second.name)
+    cce = codegen.module_source(P.CCE_LOGITS, "float32")
+    tile = cce[cce.index("def tile_ser"):]
+    assert "st_m[i] = _F(st_m_T[i])" in tile and "st_e_T[i] =" not in tile and "st_yx_T[i] =" not in tile
 
 
 def test_terms_outside_the_vocabulary_are_rejected():

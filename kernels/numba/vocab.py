@@ -34,7 +34,7 @@ power = _py.power
 sigmoid = _py.sigmoid
 softplus = _py.softplus
 
-__all__ = ["exp", "log", "log_positive", "log1p", "sqrt", "rsqrt", "maximum", "minimum", "clip", "power",
+__all__ = ["exp", "exp_nonpositive", "log", "log_positive", "log1p", "sqrt", "rsqrt", "maximum", "minimum", "clip", "power",
            "sigmoid", "softplus", "label_index", "power_folding"]
 
 
@@ -46,6 +46,19 @@ def _is32(x) -> bool:
 def _exp(x):
     if _is32(x):
         return lambda x: _f32.exp32(x)
+    return lambda x: math.exp(x)
+
+
+def exp_nonpositive(x):  # pragma: no cover - only called from jitted code
+    """``exp`` of an argument that is <= 0, -inf or NaN (``x - m`` with ``m`` the row maximum
+    of ``x``, see codegen._RowMaxExp): the same values, without the overflow clamp."""
+    raise NotImplementedError
+
+
+@overload(exp_nonpositive, inline="always")
+def _exp_nonpositive(x):
+    if _is32(x):
+        return lambda x: _f32._exp_nonpositive(x)
     return lambda x: math.exp(x)
 
 
