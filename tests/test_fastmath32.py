@@ -307,9 +307,9 @@ def test_log_positive_is_log32_bit_for_bit_on_its_domain() -> None:
 
 
 def test_exp_nonpositive_is_exp32_bit_for_bit_on_its_domain() -> None:
-    # the kernels' exp of x - (row maximum of x) takes exp32 without its overflow clamp: on
-    # every float32 <= 0 (all 2^31 + 1 of them: -0.0 and the negative patterns), -inf and NaN
-    # the same bits
+    # the kernels' exp of x - (row maximum of x) takes exp32 without its overflow clamp: the
+    # same bits on every float32 with its sign bit set (-0.0, the negatives, -inf, negative
+    # NaNs: 2^31 patterns) and on +0.0 and NaN
     for lo in range(1 << 31, 1 << 32, 1 << 24):
         x = np.arange(lo, lo + (1 << 24), dtype=np.uint32).view(F32)
         x = np.concatenate([x, np.array([0.0, -np.inf, np.nan], F32)])
