@@ -124,8 +124,8 @@ class _Literals(ast.NodeTransformer):
 class _RowMaxExp(ast.NodeTransformer):
     """``exp(x - m)`` → ``exp_nonpositive(x - m)`` where ``m`` is the row maximum of element
     ``x`` (a Max statistic of ``x`` itself): ``x - m`` is then <= 0, -inf or NaN, and float32's
-    exp drops its overflow clamp, with the same bits (kernels/numba/vocab.py). Together with
-    the last pass's unread float32 copies left out (_drop_unread), at 1e7 float32, 2 threads,
+    exp drops its overflow clamp, with the same bits (kernels/numba/vocab.py). Together with the
+    last pass's sums left without float32 copies (_Gen.tile_kernel), at 1e7 float32, 2 threads,
     paired with the kernels before, medians of 31: CCE from logits 0.93 (0.96 and 0.97 in two
     earlier rounds), SCCE from logits 0.91-0.92; CCE from logits on one thread in cache 0.88."""
 
@@ -700,14 +700,16 @@ class _Gen:
                 # the pass as written runs where the twin does not apply
                 plain, L[start:] = L[start:], []
                 L += self.onehot_pass(ind, k, names) + [f"{ind}if not use_hot:"] + ["    " + x for x in plain]
-            # each statistic in both dtypes for what follows (sums are kept in float64, maxima in
-            # the compute dtype); a last-pass sum's float32 copy only where something reads it
-            # (_drop_unread): CCE from logits' three were read by nothing (one thread in cache,
-            # paired with them: 0.95 of the time; at 1e7 see _RowMaxExp)
+            # each statistic in both dtypes for the passes after it (sums are kept in float64,
+            # maxima in the compute dtype); after the last pass only the finish reads them, in
+            # float64, so its sums get no float32 copy (CCE from logits' three: one thread in
+            # cache, paired with them, 0.95 of the time; at 1e7 see _RowMaxExp)
             last = k == len(passes) - 1
-            L.append(f"{ind}for i in range(nt):")
-            L += [(f"{ind}    st_{n}_T[i] = _T(st_{n}[i])" + (_UNREAD if last else "")) if st.kind == "sum"
-                  else f"{ind}    st_{n}[i] = _F(st_{n}_T[i])" for n, st in stats]
+            convert = [f"{ind}    st_{n}_T[i] = _T(st_{n}[i])" if st.kind == "sum"
+                       else f"{ind}    st_{n}[i] = _F(st_{n}_T[i])"
+                       for n, st in stats if not (last and st.kind == "sum")]
+            if convert:
+                L += [f"{ind}for i in range(nt):", *convert]
         inner = ind + "    "
         if direct:
             L += [f"{ind}for i in range(nt):", f"{inner}r = r0 + i",
@@ -797,7 +799,6 @@ class _Gen:
               f"{inner}    cnt += sum64(one, nt)",
               "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
               "        part[b, 3] = bad", "    return totals4(part)"]
-        L = _drop_unread(L)
         kind = "tile_direct" if direct else "tile"
         head = f"def {kind}_{suffix}({self.array_args()}, out, w_arr, w_step{self.header()}{self.param_args()}):"
         alloc = ["    part = np.zeros((nb, 4))", "    store = out.shape[0] > 0",
@@ -943,26 +944,6 @@ class _Gen:
         if self.p.passes:
             parts.append(self.chunk_kernels())
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
-
-
-#: Marks a float32 copy of a last-pass sum, dropped by _drop_unread where nothing reads it.
-_UNREAD = "  # copy if read"
-
-
-def _drop_unread(lines: list[str]) -> list[str]:
-    """The lines without the marked copies (``st_X_T[i] = ...`` + _UNREAD) whose array no
-    later line reads, and without a loop left with no body."""
-    out = []
-    for i, line in enumerate(lines):
-        if line.endswith(_UNREAD):
-            name = line.split("[", 1)[0].strip()
-            if not any(name in x for x in lines[i + 1:] if not x.endswith(_UNREAD)):
-                continue
-            line = line[:-len(_UNREAD)]
-        out.append(line)
-    # a "for" whose next line is not indented deeper has lost its body
-    return [x for i, x in enumerate(out) if not (x.lstrip().startswith("for ") and x.endswith(":") and (
-        i + 1 == len(out) or len(out[i + 1]) - len(out[i + 1].lstrip()) <= len(x) - len(x.lstrip())))]
 
 
 def _identity(t: Term) -> bool:
