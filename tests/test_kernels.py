@@ -504,6 +504,14 @@ def test_circle_kernel_matches_the_float64_reference():
     for remove in (True, False):
         kw = dict(ref_labels=ref_labels, ref_embeddings=ref_emb, remove_diagonal=remove, gamma=10.0, margin=0.25)
         np.testing.assert_allclose(gpuloss.circle(labels, emb, **kw), ref.circle(labels, emb, **kw), rtol=1e-12)
+    # the kernel reads float32 and float64 embeddings as they are, each widened to float64 as
+    # read; other dtypes (float16, integers) are converted first; a view in Fortran order copied
+    for e, r in ((emb.astype(np.float32), ref_emb), (emb, ref_emb.astype(np.float32)),
+                 (emb.astype(np.float16), ref_emb.astype(np.float16)), (np.asfortranarray(emb), ref_emb)):
+        kw = dict(ref_labels=ref_labels, ref_embeddings=r)
+        want = ref.circle(labels, e.astype(np.float64), ref_labels=ref_labels, ref_embeddings=r.astype(np.float64))
+        got = gpuloss.circle(labels, e, **kw)  # y_pred's float dtype, rounded from float64
+        np.testing.assert_allclose(got, want.astype(got.dtype), rtol=np.finfo(got.dtype).eps, atol=1e-12)
     big_labels, big = rng.integers(0, 9, 300), normalised(300, 16)
     assert big.shape[0] ** 2 >= pairwise.SERIAL_BELOW_PAIRS
     np.testing.assert_allclose(gpuloss.circle(big_labels, big), ref.circle(big_labels, big), rtol=1e-11)

@@ -97,27 +97,28 @@ def _circle_rows(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, ga
     return out.astype(dtype), out > 0
 
 
-_F64, _I64 = np.dtype(np.float64), np.dtype(np.int64)
+_F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
 _circle_kernel = None  # kernels.numba.pairwise.circle_rows, imported on first use (it imports Numba)
 
 
 def _circle_rows_host(y_true, y_pred, ref_labels, ref_embeddings, remove_diagonal, gamma, margin, dtype):
-    """NumPy inputs: the fused kernel of kernels/numba/pairwise.py on float64 embeddings and
-    int64 labels, each converted at most once. A class call on 2 embeddings (2-core EPYC, data in
-    cache) takes 12.6 µs, 4.5 of them here; it took 15.2, 6.0 here, through the array module's
-    asarray and astype and then a contiguous copy of each input."""
+    """NumPy inputs: the fused kernel of kernels/numba/pairwise.py, which reads float32 or
+    float64 embeddings as they are (in float64) and int64 labels; other dtypes are converted
+    once. A class call on 2 embeddings (2-core EPYC, data in cache, alternating processes, best
+    of 7) takes 11.0-11.5 µs; it took 12.8-13.0 with the embeddings converted, the references
+    transposed and the rows cast and masked by NumPy, and 15.2 through the array module's
+    asarray and astype."""
     global _circle_kernel
     if _circle_kernel is None:
         from ..kernels.numba.pairwise import circle_rows
 
         _circle_kernel = circle_rows
-    emb = _host_array(y_pred, _F64)
+    emb = _host_floats(y_pred)
     labels = _host_array(y_true, _I64)
-    ref = emb if ref_embeddings is None else _host_array(ref_embeddings, _F64)
+    ref = emb if ref_embeddings is None else _host_floats(ref_embeddings)
     ref_lab = labels if ref_labels is None else _host_array(ref_labels, _I64)
     _check_circle_shapes(emb, labels, ref, ref_lab)
-    out = _circle_kernel(emb, labels, ref, ref_lab, remove_diagonal, gamma, margin)
-    return out.astype(dtype), out > 0
+    return _circle_kernel(emb, labels, ref, ref_lab, remove_diagonal, gamma, margin, dtype)
 
 
 def _host_array(x, dtype: np.dtype) -> np.ndarray:
@@ -125,6 +126,15 @@ def _host_array(x, dtype: np.dtype) -> np.ndarray:
     a = x if type(x) is np.ndarray else np.asarray(x)
     if a.dtype != dtype:
         a = a.astype(dtype)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _host_floats(x) -> np.ndarray:
+    """x as a C-contiguous float32 or float64 NumPy array (other dtypes as float64): the kernel
+    widens each float32 to float64 as it reads it, the value a float64 copy would hold."""
+    a = x if type(x) is np.ndarray else np.asarray(x)
+    if a.dtype != _F32 and a.dtype != _F64:
+        a = a.astype(_F64)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
