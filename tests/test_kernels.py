@@ -505,7 +505,8 @@ def test_circle_kernel_matches_the_float64_reference():
         kw = dict(ref_labels=ref_labels, ref_embeddings=ref_emb, remove_diagonal=remove, gamma=10.0, margin=0.25)
         np.testing.assert_allclose(gpuloss.circle(labels, emb, **kw), ref.circle(labels, emb, **kw), rtol=1e-12)
     # the kernel reads float32 and float64 embeddings as they are, each widened to float64 as
-    # read; other dtypes (float16, integers) are converted first; a view in Fortran order copied
+    # read; other dtypes (float16, integers) are converted to float64 first, and an array in
+    # Fortran order is copied to C order
     for e, r in ((emb.astype(np.float32), ref_emb), (emb, ref_emb.astype(np.float32)),
                  (emb.astype(np.float16), ref_emb.astype(np.float16)), (np.asfortranarray(emb), ref_emb)):
         kw = dict(ref_labels=ref_labels, ref_embeddings=r)
