@@ -133,9 +133,7 @@ def _host_floats(x) -> np.ndarray:
     """x as a C-contiguous float32 or float64 NumPy array (other dtypes as float64): the kernel
     widens each float32 to float64 as it reads it, the value a float64 copy would hold."""
     a = x if type(x) is np.ndarray else np.asarray(x)
-    if a.dtype != _F32 and a.dtype != _F64:
-        a = a.astype(_F64)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    return _host_array(a, a.dtype if a.dtype == _F32 or a.dtype == _F64 else _F64)
 
 
 def _check_circle_shapes(emb, labels, ref, ref_lab) -> None:

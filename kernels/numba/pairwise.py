@@ -78,28 +78,30 @@ def _transposed64(ref):
 
 
 @njit(error_model="numpy", nogil=True, cache=True)
-def _rows_ser(emb, labels, ref, ref_labels, remove_diagonal, gamma, margin, out, positive):
-    ref_t = _transposed64(ref)
+def _rows(lo, hi, emb, labels, ref_t, ref_labels, remove_diagonal, gamma, margin, out, positive):
+    """Rows lo..hi: each row's loss into ``out`` (cast to its dtype) and whether the float64
+    loss is positive into ``positive``, through buffers of M values of their own."""
     M = ref_t.shape[1]
     sim, vp, vn, ep, en = np.empty(M), np.empty(M), np.empty(M), np.empty(M), np.empty(M)
-    for i in range(emb.shape[0]):
+    for i in range(lo, hi):
         v = _row(i, emb, labels, ref_t, ref_labels, remove_diagonal, gamma, margin, sim, vp, vn, ep, en)
         out[i] = v
         positive[i] = v > 0.0
 
 
+@njit(error_model="numpy", nogil=True, cache=True)
+def _rows_ser(emb, labels, ref, ref_labels, remove_diagonal, gamma, margin, out, positive):
+    _rows(0, emb.shape[0], emb, labels, _transposed64(ref), ref_labels, remove_diagonal, gamma, margin, out, positive)
+
+
 @njit(parallel=True, error_model="numpy", nogil=True, cache=True)
 def _rows_par(emb, labels, ref, ref_labels, remove_diagonal, gamma, margin, out, positive):
     ref_t = _transposed64(ref)
-    M = ref_t.shape[1]
     B = emb.shape[0]
     rows_per_block = 16
     for b in prange((B + rows_per_block - 1) // rows_per_block):
-        sim, vp, vn, ep, en = np.empty(M), np.empty(M), np.empty(M), np.empty(M), np.empty(M)
-        for i in range(b * rows_per_block, min(B, (b + 1) * rows_per_block)):
-            v = _row(i, emb, labels, ref_t, ref_labels, remove_diagonal, gamma, margin, sim, vp, vn, ep, en)
-            out[i] = v
-            positive[i] = v > 0.0
+        _rows(b * rows_per_block, min(B, (b + 1) * rows_per_block), emb, labels, ref_t, ref_labels,
+              remove_diagonal, gamma, margin, out, positive)
 
 
 def circle_rows(emb: np.ndarray, labels: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray,
