@@ -306,6 +306,18 @@ def test_tile_kernels_agree_with_row_kernels(program, colp, dtype):
             direct_rows = np.empty(R, dtype)
             assert mod.tile_direct_ser(*arrs, direct_rows, unit, 0, *sp, *pv)[3] == 0
             np.testing.assert_array_equal(direct_rows, got_rows, err_msg=f"{program.name} C={C}")
+        if hasattr(mod, "tile_tree_ser") and layout == "c":
+            # rows reduced by shuffles: the same float64 sums in another order, the same maxima
+            tree_rows = np.empty(R, dtype)
+            assert mod.tile_tree_ser(*arrs, tree_rows, unit, 0, *sp, *pv)[3] == 0
+            np.testing.assert_allclose(tree_rows, want_rows, rtol=rtol, atol=rtol, equal_nan=True,
+                                       err_msg=f"{program.name} C={C}")
+            assert np.array_equal(np.isnan(tree_rows), np.isnan(want_rows))
+            for weights, step in ((unit, 0), (w, 1)):
+                np.testing.assert_allclose(
+                    np.array(mod.tile_tree_ser(*arrs, np.empty(0, dtype), weights, step, *sp, *pv)),
+                    np.array(mod.reduce_ser(*arrs, weights, step, *sp, *pv)), rtol=rtol, equal_nan=True,
+                    err_msg=f"{program.name} C={C}")
 
 
 def test_short_rows_run_the_tile_kernels():
@@ -323,7 +335,7 @@ def test_rows_of_cheap_terms_run_the_direct_tiles_where_contiguous():
     assert not codegen.direct_ok(H.CATEGORICAL_HINGE)  # two statistics: the copied tile is faster
     assert not codegen.direct_ok(P.CCE_LOGITS)  # exp in its terms
     assert not codegen.direct_ok(P.SCCE_PROBS)  # one input: the copied tile is faster
-    bound = K.bind(Rg.MSE, "float32", {})
+    bound = K.bind(Rg.MSE, "float64", {})  # float32 rows run the tree kernels (below)
     y = np.zeros((500, 10), np.float32)
     c, f = {"t": y, "p": y}, {"t": np.asfortranarray(y), "p": np.asfortranarray(y)}
     assert K.rows_contiguous(bound, c) and not K.rows_contiguous(bound, f)
@@ -332,6 +344,63 @@ def test_rows_of_cheap_terms_run_the_direct_tiles_where_contiguous():
         for row_major in (True, False):
             route = K.reduce_route(bound, 100, C, False, 0, None, row_major)
             assert route.kernel is kernel[row_major and C >= codegen.DIRECT_MIN_C], (C, row_major)
+
+
+def test_float32_rows_of_one_cheap_sum_run_the_tree_tiles_where_c_contiguous():
+    from gpuloss.losses import hinge as H, probabilistic as P, regression as Rg, similarity as S
+
+    assert codegen.tree_ok(H.CATEGORICAL_HINGE) and codegen.tree_ok(Rg.MSE) and codegen.tree_ok(Rg.HUBER)
+    assert not codegen.tree_ok(S.COSINE)  # three sums: the copied tile is faster
+    assert not codegen.tree_ok(P.KLD)  # a log in its term
+    assert not codegen.tree_ok(P.CCE_LOGITS)  # two passes
+    assert not codegen.tree_ok(H.HINGE)  # a check of its labels
+    assert not hasattr(K.bind(Rg.MSE, "float64", {}).module, "tile_tree_ser")  # float32 maxima
+    for program in (H.CATEGORICAL_HINGE, Rg.MSE):
+        bound = K.bind(program, "float32", {})
+        assert not hasattr(bound.module, "tile_direct_ser")  # the tree reads those rows
+        y = np.zeros((500, 10), np.float32)
+        arrays = {e: y for e in program.elements}
+        assert K.rows_contiguous(bound, arrays)
+        for other in (np.asfortranarray(y), np.zeros((500, 20), np.float32)[:, ::2]):
+            assert not K.rows_contiguous(bound, {**arrays, program.elements[-1]: other})
+        for C in (codegen.TREE_MIN_C - 1, codegen.TREE_MIN_C, codegen.TILE_MAX_C):
+            for row_major in (True, False):
+                route = K.reduce_route(bound, 100, C, False, 1, None, row_major)
+                tree = row_major and C >= codegen.TREE_MIN_C
+                assert route.kernel is (bound.module.tile_tree_ser if tree else bound.module.tile_ser), (C, row_major)
+
+
+@pytest.mark.parametrize("name", ["categorical_hinge", "mean_squared_error", "mean_absolute_error", "huber"])
+def test_tree_tiles_match_the_float64_reference(name):
+    """Calls that run the tree tiles (float32, C-contiguous rows of 8 to 16, above and below
+    the serial limit) against the spec's float64 reference: per-row values with NaN, inf and
+    negative predictions, and weighted means."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference as ref
+
+    r = np.random.default_rng(5)
+    for C, R in ((8, 301), (10, 20011), (16, 99)):
+        t = (r.random((R, C)) < 0.3).astype(np.float32) if name == "categorical_hinge" else \
+            r.normal(0, 2, (R, C)).astype(np.float32)
+        p = r.normal(0, 2, (R, C)).astype(np.float32)
+        p[R // 3, C // 2] = np.nan
+        p[R // 2, C - 1] = np.inf
+        t[R // 2, C - 1] = 0
+        with np.errstate(invalid="ignore"):  # inf - inf in the reference
+            want = np.asarray(ref.REFERENCES[name](t, p), np.float64)
+        got = getattr(gpuloss, name)(t, p)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, equal_nan=True, err_msg=f"{name} C={C}")
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        w = r.random(R).astype(np.float32)
+        keep = ~np.isnan(want) & np.isfinite(want)
+        cls = {"categorical_hinge": gpuloss.CategoricalHinge, "mean_squared_error": gpuloss.MeanSquaredError,
+               "mean_absolute_error": gpuloss.MeanAbsoluteError, "huber": gpuloss.Huber}[name]
+        got_mean = float(cls()(t[keep], p[keep], sample_weight=w[keep]))
+        np.testing.assert_allclose(got_mean, (want[keep] * w[keep]).sum() / keep.sum(), rtol=2e-6)
 
 
 def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():

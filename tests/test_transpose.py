@@ -1,6 +1,7 @@
-"""The tile kernels' transposing copy (kernels/numba/transpose.py): the same values as the
-column loop for every row length a tile takes, tails of any length, other dtypes and layouts;
-the shuffles in the generated code; no read past the end of the input."""
+"""The tile kernels' shuffles (kernels/numba/transpose.py): the transposing copy gives the same
+values as the column loop for every row length a tile takes, tails of any length, other dtypes
+and layouts; the row reductions give each row's sum and maximum; the shuffles in the generated
+code; no read past the end of the input."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from numba import njit, typeof
 
-from gpuloss.kernels.numba.transpose import LANES, copy_columns, prefetch_lines, share_lines, transpose16
+from gpuloss.kernels.numba.transpose import (LANES, copy_columns, prefetch_lines, row_maxima16, row_sums16,
+                                             share_lines, transpose16)
 
 
 @njit(error_model="numpy")
@@ -60,6 +62,48 @@ def test_contiguous_float32_rows_are_transposed_by_shuffles():
     ir = "\n".join(_block.inspect_llvm().values())
     assert ir.count("shufflevector <16 x float>") >= 4 * LANES
     assert "<16 x float>" in ir
+
+
+@njit(error_model="numpy")
+def _reduce_rows(values, start, C, sums, maxima, d0):
+    row_sums16(values.astype(np.float64), start, C, sums, d0)
+    row_maxima16(values, start, C, maxima, d0)
+
+
+@pytest.mark.parametrize("C", range(1, LANES + 1))
+def test_row_reductions_give_each_rows_sum_and_maximum(C):
+    """16 rows of C values from any start: the sum (float64, against math.fsum) and the
+    maximum with NaN skipped (-inf for a row of NaN only, inf where there is one, signed
+    values), written to the 16 outputs from d0 and nowhere else; the lanes past a row's end
+    (the next rows' values, or the buffer's tail) count for nothing."""
+    import math
+
+    for start in (0, 5):
+        values = (rng.standard_normal(start + LANES * C + LANES) * 100).astype(np.float32)
+        rows = values[start:start + LANES * C].reshape(LANES, C)  # a view: the edits below reach values
+        rows[1, 0] = np.nan
+        rows[2, C - 1] = np.inf
+        rows[3] = np.nan  # nothing but NaN: the maximum is -inf
+        rows[4] = -np.abs(rows[4]) - 1  # negative only
+        values[start + LANES * C:] = 1e30  # past the last row: must not count
+        sums, maxima = np.full(LANES + 8, 7.0), np.full(LANES + 8, 7.0)
+        _reduce_rows(values, start, C, sums, maxima, 4)
+        want_sums = [math.fsum(r) if not np.isnan(r).any() else np.nan for r in rows.astype(np.float64)]
+        np.testing.assert_allclose(sums[4:4 + LANES], want_sums, rtol=1e-14, equal_nan=True, err_msg=f"C={C}")
+        want_max = [max([v for v in r if v == v], default=-np.inf) for r in rows.astype(np.float64)]
+        np.testing.assert_array_equal(maxima[4:4 + LANES], want_max, err_msg=f"C={C}")
+        assert (sums[:4] == 7).all() and (sums[4 + LANES:] == 7).all()
+        assert (maxima[:4] == 7).all() and (maxima[4 + LANES:] == 7).all()
+
+
+def test_rows_are_reduced_by_shuffles():
+    values, out = np.zeros(LANES * 10 + LANES, np.float32), np.zeros(LANES)
+    _reduce_rows(values, 0, 10, out, out.copy(), 0)
+    ir = "\n".join(_reduce_rows.inspect_llvm().values())
+    # three stages of 8 + 4 + 2 pairs for the float64 sums (two copies: rows of 8 and more and
+    # shorter ones), four of 8 + 4 + 2 + 1 for the float32 maxima
+    assert ir.count("shufflevector <8 x double>") >= 2 * 2 * 14
+    assert ir.count("shufflevector <16 x float>") >= 2 * 15
 
 
 @njit(error_model="numpy")

@@ -231,7 +231,8 @@ class Bound:
     kernels' trailing arguments, worked out once (the pipeline keeps one per call shape, so a
     repeated call skips the look-ups: ~5 µs of a ~20 µs call at 1e3 elements)."""
 
-    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "direct", "otherwise",
+    __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "direct", "tree",
+                 "otherwise",
                  "constants", "positive_logs", "_folded")
 
     def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object],
@@ -248,6 +249,7 @@ class Bound:
         self.tiled = codegen.tile_ok(program)
         # the generated module has them or not (codegen.direct_ok walks the terms: ~140 µs)
         self.direct = hasattr(self.module, "tile_direct_par")
+        self.tree = hasattr(self.module, "tile_tree_par")
         #: where ``params`` are a guess (see gpuloss.program.Guessable): the binding that
         #: applies if the program's check fails somewhere in the data
         self.otherwise = otherwise
@@ -296,8 +298,11 @@ def flat_ok(bound: Bound, arrays) -> bool:
 
 
 def rows_contiguous(bound: Bound, arrays) -> bool:
-    """``bound`` has direct tile kernels and every (R, C) element array is contiguous along its
-    rows (the direct tiles read rows in place; Fortran-ordered rows are copied as before)."""
+    """``bound`` has tile kernels that read rows in place and every (R, C) element array is laid
+    out for them: C-contiguous for ``tile_tree`` (a tile's elements are one run), contiguous
+    along its rows for ``tile_direct`` (Fortran-ordered rows are copied as before)."""
+    if bound.tree:
+        return all(arrays[e].flags.c_contiguous for e in bound.program.elements)
     return bound.direct and all(arrays[e].strides[1] == arrays[e].itemsize for e in bound.program.elements)
 
 
@@ -392,7 +397,7 @@ def rows_route(bound: Bound, R: int, C: int, flat_ok: bool, ignore_class: int | 
         return Route(getattr(mod, f"flat_rows_{suffix}"), True, (), _as_count if checks else _no_bad_labels,
                      checks, t_index)
     if bound.tiled and codegen.tile_fits(program, C):
-        return _tile_route(bound, suffix, ignore_class, rows=True, direct=_direct(bound, C, row_major))
+        return _tile_route(bound, suffix, ignore_class, rows=True, kind=_tile_kind(bound, C, row_major))
     return Route(getattr(mod, f"rows_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_count,
                  False, t_index)
 
@@ -401,14 +406,17 @@ def _tile_count(result):
     return int(result[3])
 
 
-def _direct(bound: Bound, C: int, row_major: bool) -> bool:
-    return bound.direct and row_major and C >= codegen.DIRECT_MIN_C
+def _tile_kind(bound: Bound, C: int, row_major: bool) -> str:
+    """Which tile kernel reads the rows (``row_major`` as from :func:`rows_contiguous`)."""
+    if bound.tree:
+        return "tile_tree" if row_major and C >= codegen.TREE_MIN_C else "tile"
+    return "tile_direct" if bound.direct and row_major and C >= codegen.DIRECT_MIN_C else "tile"
 
 
-def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool, direct: bool) -> Route:
+def _tile_route(bound: Bound, suffix: str, ignore_class: int | None, rows: bool, kind: str) -> Route:
     """The tile kernel takes ``out`` and the weights in both kinds of call: a rows call passes
     unit weights after its ``out``, a reduced call an empty ``out`` before its weights."""
-    kernel = getattr(bound.kernels(suffix), f"{'tile_direct' if direct else 'tile'}_{suffix}")
+    kernel = getattr(bound.kernels(suffix), f"{kind}_{suffix}")
     sparse = tuple(_sparse_args(bound.program, ignore_class))
     t_index = _t_index(bound.program)
     if rows:
@@ -511,7 +519,7 @@ def reduce_route(bound: Bound, R: int, C: int, flat_ok: bool, w_step: int,
         return Route(getattr(mod, f"flat_reduce_{suffix}"), True, (), _FlatFinish(R, C, program.flat_scale == "mean"),
                      program.check is not None, t_index)
     if bound.tiled and codegen.tile_fits(program, C):
-        return _tile_route(bound, suffix, ignore_class, rows=False, direct=_direct(bound, C, row_major))
+        return _tile_route(bound, suffix, ignore_class, rows=False, kind=_tile_kind(bound, C, row_major))
     return Route(getattr(mod, f"reduce_{suffix}"), False, tuple(_sparse_args(program, ignore_class)), _as_triple,
                  False, t_index)
 

@@ -23,6 +23,8 @@ without threads, used for small inputs where waking threads costs more than the 
                   with an empty ``out`` the four sums of ``reduce``
 ``tile_direct``   the same for one cheap statistic on rows of DIRECT_MIN_C or more contiguous elements:
                   each row summed in place, no transposed copy
+``tile_tree``     one cheap sum (and maxima) on C-contiguous rows of TREE_MIN_C or more (float32):
+                  the terms along the tile's elements, 16 rows at a time reduced by shuffles
 ``chunk_k``/``chunk_finish``  few very long rows: pass k split into column chunks
 """
 
@@ -56,6 +58,18 @@ TILE_MAX_C = 16
 #: (1e7 float32, AVX-512 EPYC, paired ratios, copied tile / direct: CategoricalHinge C=10
 #: 0.90, 0.65 at 1e6; cosine C=10 0.74, C=16 0.79; MSE per row C=10 1.20, C=16 1.15).
 DIRECT_MIN_C = 8
+#: Rows of at least this many elements (and at most TILE_MAX_C), C-contiguous, run ``tile_tree``
+#: where the module has it (tree_ok): the terms along the elements as they lie, each 16 rows
+#: reduced by shuffles. 1e7 float32, 2-core EPYC (AVX-512), 2 threads, medians of 25
+#: interleaved, tree / copied tile: CategoricalHinge C=3 1.16, C=6 1.09, C=8 0.78, C=10
+#: 0.85-0.97 (paired over 41: 0.84-0.91), C=16 0.80; MSE per row C=4 0.72, C=8 0.64, C=10
+#: 0.59-0.61, C=16 0.62 (the direct tile 0.85-0.88 there); MAE C=10 0.71, Huber C=10 0.71
+#: (direct 1.29). One thread, 1e6 in rows of 10: CategoricalHinge 0.71, MSE 0.62. A row of C
+#: elements fills C of 16 lanes, so short rows waste most of each shuffle. Programs of more
+#: sums (a tree each, 30 shuffles per 16 rows of float64) lost: cosine C=10 1.33, the triplet
+#: loss 1.02-1.19; so did terms with a log (KLD C=10 1.08), whose float64 buffer is written
+#: at half the rate.
+TREE_MIN_C = 8
 #: Elements of one tile per input (4 KiB of float32, transposed where the tile is copied).
 #: Shorter tiles read the next rows sooner after the compute of the last; below 1024 the
 #: loops' set-up shows. 1e7 float32, 2-core EPYC (AVX-512), threaded kernels alternating,
@@ -428,6 +442,12 @@ class _Gen:
                 + f"{ind}        use_twin = False\n"
                 + f"{ind}else:\n{ind}    " + deeper.format(call))
 
+    def tree_active(self) -> bool:
+        """The module has ``tile_tree`` kernels: a program with them (tree_ok) in a float32
+        module (row_maxima16 reads float32) without per-column parameters (the flat term loop
+        does not know an element's column)."""
+        return tree_ok(self.p) and self.dtype == "float32" and not self.colp
+
     def onehot_active(self) -> bool:
         """The tile and row kernels have the program's one-hot twin (RowProgram.onehot_twin):
         where its logs take log_positive (the zero terms' logs are then finite, see
@@ -602,7 +622,7 @@ class _Gen:
             + ("        offs[b] = off\n    return offs.sum()\n" if checked else "")
         )
 
-    def tile_kernel(self, suffix: str, parallel: bool, direct: bool = False) -> str:
+    def tile_kernel(self, suffix: str, parallel: bool, direct: bool = False, tree: bool = False) -> str:
         """``tile``: short rows (C <= TILE_MAX_C), a tile of rows at a time.
 
         The tile is copied transposed into buffers of shape (C, rows), so every pass loops over
@@ -616,17 +636,26 @@ class _Gen:
         place, in the same order, into the same per-row arrays, and the finish and sums follow
         as above. For a single sum of a few flops per element the transposing copy costs more
         than the serial sums (the strided reads without the copy: CategoricalHinge, 1e6 rows
-        of 10, 8.3 vs 7.5 ms, the best of 15); figures at DIRECT_MIN_C."""
+        of 10, 8.3 vs 7.5 ms, the best of 15); figures at DIRECT_MIN_C.
+
+        ``tree`` (``tile_tree``, see tree_ok, on C-contiguous inputs): no copy either; the
+        pass's terms are computed along the tile's elements as they lie (one flat loop, each
+        statistic's values into a buffer, float64 for sums), and each 16 rows of a buffer are
+        reduced by shuffles (transpose.row_sums16, row_maxima16). The finish and sums follow
+        as above."""
         # a program without passes (generalized crossentropy: a finish of the label's
         # probability) copies no tile: its rows only split labels, finish and sums
-        names = [] if not self.p.passes or direct else ["p"] if self.p.sparse else list(self.elements)
+        names = [] if not self.p.passes or direct or tree else ["p"] if self.p.sparse else list(self.elements)
         ind = " " * 12
         L = [f"        tb_{e} = np.empty((C, tr), dtype=_T)" for e in names]
         for stats in self.p.passes:
             for n, st in stats:
                 L.append(f"        st_{n} = np.empty(tr)")
-                L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
-                if direct:
+                if not tree:
+                    L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
+                if tree:
+                    L.append(f"        tb_{n} = np.empty(tr * C + LANES{'' if st.kind == 'sum' else ', dtype=_T'})")
+                if direct or tree:
                     continue
                 if self.buffered(st):
                     L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
@@ -651,7 +680,7 @@ class _Gen:
         # tile kernel's time at 1e7: CCE in rows of 10, 2 threads, alternating, medians of 21,
         # with the column loop / without any copy: 9.5 / 4.2 ms
         L += [f"{ind}copy_columns({e}_arr, r0, nt, tb_{e})" for e in names]
-        passes = [] if direct else self.p.passes
+        passes = [] if direct or tree else self.p.passes
         if passes:
             L += [f"{ind}pf_{e} = share_lines({e}_arr, nt, {len(passes)} * C)" for e in names]
         for k, stats in enumerate(passes):
@@ -727,6 +756,17 @@ class _Gen:
                 for n, st in stats:
                     L += ([f"{inner}st_{n}[i] = a_{n}", f"{inner}st_{n}_T[i] = _T(a_{n})"] if st.kind == "sum" else
                           [f"{inner}st_{n}[i] = _F(a_{n})", f"{inner}st_{n}_T[i] = a_{n}"])
+        if tree:
+            (stats,) = self.p.passes
+            L += [f"{ind}e0 = r0 * C"]
+            L += [f"{ind}{e}_v = {e}_flat[e0:e0 + nt * C]" for e in self.elements]
+            L.append(f"{ind}for q in range(nt * C):")
+            for n, st in stats:
+                v = self._call(st.term, 'e_', '_T', 'q', None)
+                L.append(f"{inner}tb_{n}[q] = {'_F(' + v + ')' if st.kind == 'sum' else v}")
+            L.append(f"{ind}for i0 in range(0, nt, LANES):")
+            L += [f"{inner}row_{'sums' if st.kind == 'sum' else 'maxima'}16(tb_{n}, i0 * C, C, st_{n}, i0)"
+                  for n, st in stats]
         if self.p.sparse:
             # the labels first, in a loop of their own (state 0: a class, 1: ignore_class,
             # 2: outside [0, C), never read), then the finish over the tile's rows, which
@@ -799,7 +839,7 @@ class _Gen:
               f"{inner}    cnt += sum64(one, nt)",
               "        part[b, 0] = swl", "        part[b, 1] = sw", "        part[b, 2] = cnt",
               "        part[b, 3] = bad", "    return totals4(part)"]
-        kind = "tile_direct" if direct else "tile"
+        kind = "tile_direct" if direct else "tile_tree" if tree else "tile"
         head = f"def {kind}_{suffix}({self.array_args()}, out, w_arr, w_step{self.header()}{self.param_args()}):"
         alloc = ["    part = np.zeros((nb, 4))", "    store = out.shape[0] > 0",
                  "    unit_w = False", "    if w_step == 0:", "        unit_w = _F(w_arr[0]) == 1.0"]
@@ -818,6 +858,7 @@ class _Gen:
             "    rpb = max(tr, (BLOCK // max(C, 1)) // tr * tr)",
             "    nb = (R + rpb - 1) // rpb",
             *alloc,
+            *([f"    {e}_flat = {e}_arr.reshape(R * C)" for e in self.elements] if tree else []),
             "    for b in prange(nb):",
             *L,
         ]) + "\n"
@@ -900,7 +941,8 @@ class _Gen:
             f"FASTMATH = {sorted(FASTMATH)!r}",
             "FASTMATH = set(FASTMATH)",
             "from gpuloss.kernels.numba.accumulate import sum64, max64, totals2, totals4, fenced, plus_zero",
-            "from gpuloss.kernels.numba.transpose import copy_columns, prefetch_lines, share_lines",
+            "from gpuloss.kernels.numba.transpose import LANES, copy_columns, prefetch_lines, row_maxima16, "
+            "row_sums16, share_lines",
             f"BUF = {BUF if _costly(elem_terms) else BUF_CHEAP}",
             f"BLOCK = {BLOCK}",
             f"FLAT_BLOCK = {FLAT_BLOCK}",
@@ -939,8 +981,10 @@ class _Gen:
                 parts.append(self.flat_kernels(suffix, par))
             if tile_ok(self.p):
                 parts.append(self.tile_kernel(suffix, par))
-                if direct_ok(self.p):
+                if direct_ok(self.p) and not self.tree_active():  # tree kernels read those rows
                     parts.append(self.tile_kernel(suffix, par, direct=True))
+                if self.tree_active():
+                    parts.append(self.tile_kernel(suffix, par, tree=True))
         if self.p.passes:
             parts.append(self.chunk_kernels())
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
@@ -984,6 +1028,18 @@ def direct_ok(program: RowProgram) -> bool:
     return tile_ok(program) and sum(len(stats) for stats in program.passes) == 1 and not program.sparse \
         and len(program.elements) >= 2 \
         and not _costly([t for stats in program.passes for _, st in stats for t in st.term.callees() + [st.term]])
+
+
+def tree_ok(program: RowProgram) -> bool:
+    """The program has ``tile_tree`` kernels (see _Gen.tile_kernel) where its module allows
+    (_Gen.tree_active): one pass of one sum and any maxima of terms without a transcendental
+    call, dense labels, no check and no one-hot twin (figures at TREE_MIN_C)."""
+    if not (tile_ok(program) and len(program.passes) == 1 and not program.sparse and program.check is None
+            and program.onehot_twin is None):
+        return False
+    (stats,) = program.passes
+    kinds = [st.kind for _, st in stats]
+    return kinds.count("sum") == 1 and set(kinds) <= {"sum", "max"} and not any(_buffered(st) for _, st in stats)
 
 
 def tile_fits(program: RowProgram, C: int) -> bool:
