@@ -403,6 +403,39 @@ def test_tree_tiles_match_the_float64_reference(name):
         np.testing.assert_allclose(got_mean, (want[keep] * w[keep]).sum() / keep.sum(), rtol=2e-6)
 
 
+@pytest.mark.parametrize("layout", ["tree", "copied", "rows", "chunks", "float64"])
+def test_maxima_propagate_nan(layout):
+    """A NaN term of a maximum makes it NaN (spec §7, tf.reduce_max) in every CPU kernel, also
+    where no sum meets a NaN: CategoricalHinge's (1 - y)·p of y = 1 and p = inf is NaN while
+    its y·p is inf, and Keras's row is NaN. A NaN that is not in a row's last lane, and rows
+    without one, against the float64 reference."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference as ref
+
+    R, C = {"chunks": (4, codegen.CHUNK_MIN_COLS), "rows": (40, 40)}.get(layout, (40, 10))
+    r = np.random.default_rng(3)
+    t = np.zeros((R, C), np.float32)
+    t[np.arange(R), r.integers(0, C, R)] = 1
+    p = r.random((R, C)).astype(np.float32)
+    for row, col in ((1, 0), (2, C // 2), (R - 1, C - 1)):
+        t[row] = 0
+        t[row, col] = 1
+        p[row, col] = np.inf
+    if layout == "copied":
+        t, p = np.asfortranarray(t), np.asfortranarray(p)
+    elif layout == "float64":
+        t, p = t.astype(np.float64), p.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        want = ref.categorical_hinge(t, p)
+    got = gpuloss.categorical_hinge(t, p)
+    assert np.isnan(want[[1, 2, R - 1]]).all() and np.isnan(want).sum() == 3
+    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    assert np.isnan(float(gpuloss.CategoricalHinge()(t, p)))
+
+
 def test_weighted_unweighted_and_per_row_calls_share_one_compiled_tile_kernel():
     """Unit weights, scalar weights and float32 weight arrays reach the kernel as one argument
     type, read-only inputs as writable ones, and rows and reduced calls run the same tile

@@ -73,9 +73,9 @@ def _reduce_rows(values, start, C, sums, maxima, d0):
 @pytest.mark.parametrize("C", range(1, LANES + 1))
 def test_row_reductions_give_each_rows_sum_and_maximum(C):
     """16 rows of C values from any start: the sum (float64, against math.fsum) and the
-    maximum with NaN skipped (-inf for a row of NaN only, inf where there is one, signed
-    values), written to the 16 outputs from d0 and nowhere else; the lanes past a row's end
-    (the next rows' values, or the buffer's tail) count for nothing."""
+    maximum (NaN where a row has one, first or last or alone; inf where there is one; negative
+    rows), written to the 16 outputs from d0 and nowhere else; the lanes past a row's end (the
+    next rows' values, or the buffer's tail) count for nothing."""
     import math
 
     for start in (0, 5):
@@ -83,14 +83,16 @@ def test_row_reductions_give_each_rows_sum_and_maximum(C):
         rows = values[start:start + LANES * C].reshape(LANES, C)  # a view: the edits below reach values
         rows[1, 0] = np.nan
         rows[2, C - 1] = np.inf
-        rows[3] = np.nan  # nothing but NaN: the maximum is -inf
+        rows[3] = np.nan
         rows[4] = -np.abs(rows[4]) - 1  # negative only
+        rows[5, C - 1] = np.nan
+        rows[6, C // 2] = np.nan
         values[start + LANES * C:] = 1e30  # past the last row: must not count
         sums, maxima = np.full(LANES + 8, 7.0), np.full(LANES + 8, 7.0)
         _reduce_rows(values, start, C, sums, maxima, 4)
         want_sums = [math.fsum(r) if not np.isnan(r).any() else np.nan for r in rows.astype(np.float64)]
         np.testing.assert_allclose(sums[4:4 + LANES], want_sums, rtol=1e-14, equal_nan=True, err_msg=f"C={C}")
-        want_max = [max([v for v in r if v == v], default=-np.inf) for r in rows.astype(np.float64)]
+        want_max = [np.nan if np.isnan(r).any() else r.max() for r in rows.astype(np.float64)]
         np.testing.assert_array_equal(maxima[4:4 + LANES], want_max, err_msg=f"C={C}")
         assert (sums[:4] == 7).all() and (sums[4 + LANES:] == 7).all()
         assert (maxima[:4] == 7).all() and (maxima[4 + LANES:] == 7).all()

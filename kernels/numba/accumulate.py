@@ -26,13 +26,15 @@ def sum64(buf, n):
 
 @njit(fastmath=REDUCE_FASTMATH, cache=True, error_model="numpy", nogil=True)
 def max64(buf, n):
-    # NaN is skipped here; every program with a Max also sums the same elements, and the sum
-    # carries the NaN into the result
+    # NaN propagates, as in tf.reduce_max: the maximum of the other values and a flag, both
+    # reductions LLVM vectorises
     m = -np.inf
+    nan = False
     for i in range(n):
         v = np.float64(buf[i])
         m = v if v > m else m
-    return m
+        nan |= v != v
+    return np.nan if nan else m
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

@@ -286,7 +286,8 @@ class _Gen:
                 out.append(f"{ind}    st_{name} += sum64(buf_{name}, q1 - q0)")
             else:
                 out.append(f"{ind}    m_{name} = max64(buf_{name}, q1 - q0)")
-                out.append(f"{ind}    st_{name} = m_{name} if m_{name} > st_{name} else st_{name}")
+                out.append(f"{ind}    st_{name} = m_{name} if (m_{name} > st_{name} or m_{name} != m_{name}) "
+                           f"else st_{name}")
         return "\n".join(out) + "\n"
 
     def label_branches(self, ind: str, row: str, on_ignore: list[str], on_bad: list[str]) -> list[str]:
@@ -715,7 +716,7 @@ class _Gen:
                 if st.kind == "sum":
                     L.append(f"{ind}        st_{n}[i] += _F({v})")
                 else:
-                    # NaN skipped, as max64 (the program's sums carry it). The new maximum
+                    # NaN propagates, as in max64 and tf.reduce_max. The new maximum
                     # goes to a second array, swapped with the first: written in place, LLVM
                     # drops the store of an unchanged value and the loop needs masked stores,
                     # microcoded on AMD (10 classes: 6.3 → 1.3 ms per 1e7 elements). In the
@@ -723,7 +724,7 @@ class _Gen:
                     # in float64, and twice as many lanes compare at once
                     L.append(f"{ind}        v_{n} = {v}")
                     L.append(f"{ind}        c_{n} = st_{n}_T[i]")
-                    L.append(f"{ind}        alt_{n}[i] = v_{n} if v_{n} > c_{n} else c_{n}")
+                    L.append(f"{ind}        alt_{n}[i] = v_{n} if (v_{n} > c_{n} or v_{n} != v_{n}) else c_{n}")
             L += [f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T" for n, st in stats if st.kind == "max"]
             if self.onehot_active() and k == len(passes) - 1:
                 # the pass as written runs where the twin does not apply
@@ -750,9 +751,10 @@ class _Gen:
                     v = self._call(st.term, 'e_', '_T', 'j', 'j', row='i')
                     if st.kind == "sum":
                         L.append(f"{inner}    a_{n} += fenced(_F({v}))")
-                    else:  # NaN skipped, as max64 and the copied tiles; in the compute dtype, as
-                        # there (CategoricalHinge, 1e7 float32, alternating processes: 4.80 -> 4.39 ms)
-                        L += [f"{inner}    v_{n} = {v}", f"{inner}    a_{n} = v_{n} if v_{n} > a_{n} else a_{n}"]
+                    else:  # NaN propagates, as in max64 and the copied tiles; in the compute dtype,
+                        # as there (CategoricalHinge, 1e7 float32, alternating processes: 4.80 -> 4.39 ms)
+                        L += [f"{inner}    v_{n} = {v}",
+                              f"{inner}    a_{n} = v_{n} if (v_{n} > a_{n} or v_{n} != v_{n}) else a_{n}"]
                 for n, st in stats:
                     L += ([f"{inner}st_{n}[i] = a_{n}", f"{inner}st_{n}_T[i] = _T(a_{n})"] if st.kind == "sum" else
                           [f"{inner}st_{n}[i] = _F(a_{n})", f"{inner}st_{n}_T[i] = a_{n}"])

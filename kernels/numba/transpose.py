@@ -197,7 +197,7 @@ def row_sums16(typingctx, src, start, C, dst, d0):
 @intrinsic
 def row_maxima16(typingctx, src, start, C, dst, d0):
     """``dst[d0 + r]`` = the largest of ``src[start + r*C : start + r*C + C]`` for r < 16
-    (float32 read, float64 written, C <= 16), NaN skipped (-inf where a row has nothing else);
+    (float32 read, float64 written, C <= 16), NaN where the row has one (as tf.reduce_max);
     reads as :func:`row_sums16`."""
     if not (_c_vector(src, types.float32) and _c_vector(dst, types.float64)
             and all(isinstance(a, types.Integer) for a in (start, C, d0))):
@@ -210,13 +210,12 @@ def row_maxima16(typingctx, src, start, C, dst, d0):
         start, C, d0 = args[1], args[2], args[4]
         kept = _lanes_below(builder, C, 0, LANES)
         none = ir.Constant(_VEC, [float("-inf")] * LANES)
-        rows = []
-        for row in _row_pointers(builder, s, start, C):
-            v = builder.load(builder.bitcast(row, _VEC.as_pointer()), align=4)
-            rows.append(builder.select(builder.and_(kept, builder.fcmp_ordered("ord", v, v)), v, none))
+        rows = [builder.select(kept, builder.load(builder.bitcast(row, _VEC.as_pointer()), align=4), none)
+                for row in _row_pointers(builder, s, start, C)]
 
-        def larger(a, b):
-            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+        def larger(a, b):  # a where a is NaN or the larger, else b: NaN in either one propagates
+            return builder.select(builder.or_(builder.fcmp_unordered("uno", a, a), builder.fcmp_ordered(">", a, b)),
+                                  a, b)
 
         (top,) = _reduce_stages(builder, rows, LANES, larger)
         wide = builder.fpext(top, ir.VectorType(_F64, LANES))
