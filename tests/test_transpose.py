@@ -67,7 +67,12 @@ def test_contiguous_float32_rows_are_transposed_by_shuffles():
 @njit(error_model="numpy")
 def _reduce_rows(values, start, C, sums, maxima, d0):
     row_sums16(values.astype(np.float64), start, C, sums, d0)
-    row_maxima16(values, start, C, maxima, d0)
+    row_maxima16(values, start, C, maxima, d0, np.isnan(values).any())
+
+
+@njit(error_model="numpy")
+def _maxima(values, start, C, out, has_nan):
+    row_maxima16(values, start, C, out, 0, has_nan)
 
 
 @pytest.mark.parametrize("C", range(1, LANES + 1))
@@ -96,6 +101,13 @@ def test_row_reductions_give_each_rows_sum_and_maximum(C):
         np.testing.assert_array_equal(maxima[4:4 + LANES], want_max, err_msg=f"C={C}")
         assert (sums[:4] == 7).all() and (sums[4 + LANES:] == 7).all()
         assert (maxima[:4] == 7).all() and (maxima[4 + LANES:] == 7).all()
+        # without NaN the plain compares (has_nan False), and the NaN-keeping ones agree there
+        clean = np.where(np.isnan(values), np.float32(-3.5), values)
+        for has_nan in (False, True):
+            got = np.full(LANES, 7.0)
+            _maxima(clean, start, C, got, has_nan)
+            np.testing.assert_array_equal(got, clean[start:start + LANES * C].reshape(LANES, C).max(1),
+                                          err_msg=f"C={C}")
 
 
 def test_rows_are_reduced_by_shuffles():
@@ -103,7 +115,8 @@ def test_rows_are_reduced_by_shuffles():
     _reduce_rows(values, 0, 10, out, out.copy(), 0)
     ir = "\n".join(_reduce_rows.inspect_llvm().values())
     # three stages of 8 + 4 + 2 pairs for the float64 sums (two copies: rows of 8 and more and
-    # shorter ones), four of 8 + 4 + 2 + 1 for the float32 maxima
+    # shorter ones), four of 8 + 4 + 2 + 1 for the float32 maxima (two copies, with and without
+    # NaN, whose common shuffles LLVM may share)
     assert ir.count("shufflevector <8 x double>") >= 2 * 2 * 14
     assert ir.count("shufflevector <16 x float>") >= 2 * 15
 

@@ -762,13 +762,19 @@ class _Gen:
             (stats,) = self.p.passes
             L += [f"{ind}e0 = r0 * C"]
             L += [f"{ind}{e}_v = {e}_flat[e0:e0 + nt * C]" for e in self.elements]
+            # whether a maximum's values hold NaN, found in the loop that writes them (an or
+            # of compares, vectorised) so that the trees of tiles without one take plain maxima
+            L += [f"{ind}nan_{n} = False" for n, st in stats if st.kind == "max"]
             L.append(f"{ind}for q in range(nt * C):")
             for n, st in stats:
                 v = self._call(st.term, 'e_', '_T', 'q', None)
-                L.append(f"{inner}tb_{n}[q] = {'_F(' + v + ')' if st.kind == 'sum' else v}")
+                if st.kind == "sum":
+                    L.append(f"{inner}tb_{n}[q] = _F({v})")
+                else:
+                    L += [f"{inner}v_{n} = {v}", f"{inner}tb_{n}[q] = v_{n}", f"{inner}nan_{n} |= v_{n} != v_{n}"]
             L.append(f"{ind}for i0 in range(0, nt, LANES):")
-            L += [f"{inner}row_{'sums' if st.kind == 'sum' else 'maxima'}16(tb_{n}, i0 * C, C, st_{n}, i0)"
-                  for n, st in stats]
+            L += [f"{inner}row_sums16(tb_{n}, i0 * C, C, st_{n}, i0)" if st.kind == "sum" else
+                  f"{inner}row_maxima16(tb_{n}, i0 * C, C, st_{n}, i0, nan_{n})" for n, st in stats]
         if self.p.sparse:
             # the labels first, in a loop of their own (state 0: a class, 1: ignore_class,
             # 2: outside [0, C), never read), then the finish over the tile's rows, which
