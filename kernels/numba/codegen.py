@@ -655,11 +655,11 @@ class _Gen:
         for stats in self.p.passes:
             for n, st in stats:
                 L.append(f"        st_{n} = np.empty(tr)")
-                if not tree:
-                    L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
-                if tree:
+                if tree:  # the term values, read past the last row by up to LANES
                     L.append(f"        tb_{n} = np.empty(tr * C + LANES{'' if st.kind == 'sum' else ', dtype=_T'})")
-                if direct or tree:
+                    continue
+                L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
+                if direct:
                     continue
                 if self.buffered(st):
                     L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
