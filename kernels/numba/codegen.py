@@ -289,8 +289,7 @@ class _Gen:
                 out.append(f"{ind}    st_{name} += sum64(buf_{name}, q1 - q0)")
             else:
                 out.append(f"{ind}    m_{name} = max64(buf_{name}, q1 - q0)")
-                out.append(f"{ind}    st_{name} = m_{name} if (m_{name} > st_{name} or m_{name} != m_{name}) "
-                           f"else st_{name}")
+                out.append(f"{ind}    st_{name} = {_larger(f'm_{name}', f'st_{name}')}")
         return "\n".join(out) + "\n"
 
     def label_branches(self, ind: str, row: str, on_ignore: list[str], on_bad: list[str]) -> list[str]:
@@ -651,32 +650,31 @@ class _Gen:
         # probability) copies no tile: its rows only split labels, finish and sums
         names = [] if not self.p.passes or direct or tree else ["p"] if self.p.sparse else list(self.elements)
         ind = " " * 12
-        L = [f"        tb_{e} = np.empty((C, tr), dtype=_T)" for e in names]
+        # a run of blocks' buffers (see _runs_of_blocks), then the lines of one block
+        bufs = [f"tb_{e} = np.empty((C, tr), dtype=_T)" for e in names]
         for stats in self.p.passes:
             for n, st in stats:
-                L.append(f"        st_{n} = np.empty(tr)")
+                bufs.append(f"st_{n} = np.empty(tr)")
                 if tree:  # the term values, read past the last row by up to LANES
-                    L.append(f"        tb_{n} = np.empty(tr * C + LANES{'' if st.kind == 'sum' else ', dtype=_T'})")
+                    bufs.append(f"tb_{n} = np.empty(tr * C + LANES{'' if st.kind == 'sum' else ', dtype=_T'})")
                     continue
-                L.append(f"        st_{n}_T = np.empty(tr, dtype=_T)")
+                bufs.append(f"st_{n}_T = np.empty(tr, dtype=_T)")
                 if direct:
                     continue
                 if self.buffered(st):
-                    L.append(f"        tv_{n} = np.empty(tr, dtype=_T)")
+                    bufs.append(f"tv_{n} = np.empty(tr, dtype=_T)")
                 if st.kind == "max":
-                    L.append(f"        alt_{n} = np.empty(tr, dtype=_T)")
-        L += ["        swl = 0.0", "        sw = 0.0", "        cnt = 0.0"]
+                    bufs.append(f"alt_{n} = np.empty(tr, dtype=_T)")
+        L = ["        swl = 0.0", "        sw = 0.0", "        cnt = 0.0"]
         if self.p.sparse:
-            L += ["        pl = np.empty(tr)", "        lb = np.empty(tr)",
-                  "        state = np.empty(tr, dtype=np.int64)"]
+            bufs += ["pl = np.empty(tr)", "lb = np.empty(tr)", "state = np.empty(tr, dtype=np.int64)"]
         if self.onehot_active():
-            L += ["        use_hot = True", "        hc = np.empty(tr, dtype=_T)", "        hz = np.empty(tr, dtype=_T)",
-                  "        hs = np.empty(tr, dtype=_T)",
-                  "        hcol = np.empty(tr, dtype=np.uint64)"]
-            L += [f"        hv_{e} = np.empty(tr, dtype=_T)" for e in names]
-        L += ["        vals = np.empty(tr)",
-              "        wl = np.empty(tr)", "        wv = np.empty(tr)", "        one = np.empty(tr)",
-              "        bad = 0",
+            L.append("        use_hot = True")
+            bufs += ["hc = np.empty(tr, dtype=_T)", "hz = np.empty(tr, dtype=_T)", "hs = np.empty(tr, dtype=_T)",
+                     "hcol = np.empty(tr, dtype=np.uint64)"]
+            bufs += [f"hv_{e} = np.empty(tr, dtype=_T)" for e in names]
+        bufs += ["vals = np.empty(tr)", "wl = np.empty(tr)", "wv = np.empty(tr)", "one = np.empty(tr)"]
+        L += ["        bad = 0",
               "        for r0 in range(b * rpb, min(R, (b + 1) * rpb), tr):",
               f"{ind}nt = min(tr, R - r0)"]
         # blocks of 16 rows transposed by shuffles where the input is float32 in C order,
@@ -727,7 +725,7 @@ class _Gen:
                     # in float64, and twice as many lanes compare at once
                     L.append(f"{ind}        v_{n} = {v}")
                     L.append(f"{ind}        c_{n} = st_{n}_T[i]")
-                    L.append(f"{ind}        alt_{n}[i] = v_{n} if (v_{n} > c_{n} or v_{n} != v_{n}) else c_{n}")
+                    L.append(f"{ind}        alt_{n}[i] = {_larger(f'v_{n}', f'c_{n}')}")
             L += [f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T" for n, st in stats if st.kind == "max"]
             if self.onehot_active() and k == len(passes) - 1:
                 # the pass as written runs where the twin does not apply
@@ -757,7 +755,7 @@ class _Gen:
                     else:  # NaN propagates, as in max64 and the copied tiles; in the compute dtype,
                         # as there (CategoricalHinge, 1e7 float32, alternating processes: 4.80 -> 4.39 ms)
                         L += [f"{inner}    v_{n} = {v}",
-                              f"{inner}    a_{n} = v_{n} if (v_{n} > a_{n} or v_{n} != v_{n}) else a_{n}"]
+                              f"{inner}    a_{n} = {_larger(f'v_{n}', f'a_{n}')}"]
                 for n, st in stats:
                     L += ([f"{inner}st_{n}[i] = a_{n}", f"{inner}st_{n}_T[i] = _T(a_{n})"] if st.kind == "sum" else
                           [f"{inner}st_{n}[i] = _F(a_{n})", f"{inner}st_{n}_T[i] = a_{n}"])
@@ -870,7 +868,7 @@ class _Gen:
             "    nb = (R + rpb - 1) // rpb",
             *alloc,
             *([f"    {e}_flat = {e}_arr.reshape(R * C)" for e in self.elements] if tree else []),
-            *_runs_of_blocks(L),
+            *_runs_of_blocks(bufs, L),
         ]) + "\n"
 
     def chunk_kernels(self) -> str:
@@ -1001,24 +999,28 @@ class _Gen:
         return "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
-def _runs_of_blocks(body: list[str]) -> list[str]:
-    """A tile kernel's loop over its blocks from ``body``, the lines of one block (at the
-    indentation of a ``for b in prange(nb)`` body, then the kernel's return): the blocks in
-    BLOCK_RUNS runs of consecutive blocks, a run to a prange iteration, whose buffers (the
-    body's np.empty lines) are allocated once per run instead of once per block. Each block
-    still writes its own partials, so the bits do not change. Allocated per block, a tile
-    kernel at 1e7 made 1302 blocks' buffers, 5 to 20 each: CategoricalHinge's tree kernel, 1e7
-    float32 in rows of 10, 2 threads, paired against per-block buffers over 31, four rounds:
-    0.84-0.90 of the time (1e6: 0.95)."""
+def _runs_of_blocks(buffers: list[str], body: list[str]) -> list[str]:
+    """A tile kernel's loop over its blocks: ``body`` the lines of one block (at the indentation
+    of a ``for b in prange(nb)`` body, then the kernel's return), in BLOCK_RUNS runs of
+    consecutive blocks, a run to a prange iteration, whose ``buffers`` (assignments of np.empty)
+    are allocated once per run instead of once per block. Each block still writes its own
+    partials, so the bits do not change. Allocated per block, a tile kernel at 1e7 made 1302
+    blocks' buffers, 5 to 20 each: CategoricalHinge's tree kernel, 1e7 float32 in rows of 10,
+    2 threads, paired against per-block buffers over 31, four rounds: 0.84-0.90 of the time
+    (1e6: 0.95)."""
     *block, ret = "\n".join(body).split("\n")
-    allocated = [x for x in block if x.startswith("        ") and x[8] != " " and "np.empty(" in x]
-    rest = [x for x in block if x not in allocated]
     return ["    runs = min(nb, BLOCK_RUNS)",
             "    for run in prange(runs):",
-            *allocated,
+            *["        " + x for x in buffers],
             "        for b in range(run * nb // runs, (run + 1) * nb // runs):",
-            *["    " + x for x in rest],
+            *["    " + x for x in block],
             ret]
+
+
+def _larger(v: str, m: str) -> str:
+    """The source of the new maximum of ``m`` and ``v``, NaN where either is (as tf.reduce_max
+    and max64): v where it is larger or NaN, else m."""
+    return f"{v} if ({v} > {m} or {v} != {v}) else {m}"
 
 
 def _identity(t: Term) -> bool:

@@ -93,9 +93,8 @@ def transpose16(typingctx, src, row0, dst, col0):
         C = builder.extract_value(s.shape, 1)
         tr = builder.extract_value(d.shape, 1)
         vec_ptr = _VEC.as_pointer()
-        first = builder.gep(s.data, [builder.mul(row0, C)])
-        rows = [builder.load(builder.bitcast(builder.gep(first, [builder.mul(ir.Constant(_I64, r), C)]), vec_ptr),
-                             align=4) for r in range(LANES)]
+        rows = [builder.load(builder.bitcast(row, vec_ptr), align=4)
+                for row in _row_pointers(builder, s, builder.mul(row0, C), C)]
         for k, (low, high) in enumerate(_MASKS):
             bit = 1 << k
             new = list(rows)
