@@ -64,11 +64,12 @@ DIRECT_MIN_C = 8
 #: interleaved, tree / copied tile: CategoricalHinge C=3 1.16, C=6 1.09, C=8 0.78, C=10
 #: 0.85-0.97 (paired over 41: 0.84-0.91), C=16 0.80; MSE per row C=4 0.72, C=8 0.64, C=10
 #: 0.59-0.61, C=16 0.62 (the direct tile 0.85-0.88 there); MAE C=10 0.71, Huber C=10 0.71
-#: (direct 1.29). One thread, 1e6 in rows of 10: CategoricalHinge 0.71, MSE 0.62. A row of C
+#: (direct 1.29). One thread, 1e6 in rows of 10: CategoricalHinge 0.71, MSE 0.62 (0.67 and, two
+#: threads, 0.65 for CategoricalHinge since the sums' trees run in float32). A row of C
 #: elements fills C of 16 lanes, so short rows waste most of each shuffle. Programs of more
-#: sums (a tree each, 30 shuffles per 16 rows of float64) lost: cosine C=10 1.33, the triplet
-#: loss 1.02-1.19; so did terms with a log (KLD C=10 1.08), whose float64 buffer is written
-#: at half the rate.
+#: sums (a tree each) lost: cosine C=10 1.33 with the sums' trees in float64, 1.15 since they
+#: run in float32 (transpose.row_sums16), the triplet loss 1.02-1.19; so did terms with a log
+#: (KLD C=10 1.08).
 TREE_MIN_C = 8
 #: Elements of one tile per input (4 KiB of float32, transposed where the tile is copied).
 #: Shorter tiles read the next rows sooner after the compute of the last; below 1024 the
@@ -643,9 +644,9 @@ class _Gen:
 
         ``tree`` (``tile_tree``, see tree_ok, on C-contiguous inputs): no copy either; the
         pass's terms are computed along the tile's elements as they lie (one flat loop, each
-        statistic's values into a buffer, float64 for sums), and each 16 rows of a buffer are
-        reduced by shuffles (transpose.row_sums16, row_maxima16). The finish and sums follow
-        as above."""
+        statistic's values into a float32 buffer), and each 16 rows of a buffer are reduced by
+        shuffles, in float32, to float64 row statistics (transpose.row_sums16, row_maxima16:
+        the precision there). The finish and sums follow as above."""
         # a program without passes (generalized crossentropy: a finish of the label's
         # probability) copies no tile: its rows only split labels, finish and sums
         names = [] if not self.p.passes or direct or tree else ["p"] if self.p.sparse else list(self.elements)
@@ -656,7 +657,7 @@ class _Gen:
             for n, st in stats:
                 bufs.append(f"st_{n} = np.empty(tr)")
                 if tree:  # the term values, read past the last row by up to LANES
-                    bufs.append(f"tb_{n} = np.empty(tr * C + LANES{'' if st.kind == 'sum' else ', dtype=_T'})")
+                    bufs.append(f"tb_{n} = np.empty(tr * C + LANES, dtype=_T)")
                     continue
                 bufs.append(f"st_{n}_T = np.empty(tr, dtype=_T)")
                 if direct:
@@ -770,7 +771,7 @@ class _Gen:
             for n, st in stats:
                 v = self._call(st.term, 'e_', '_T', 'q', None)
                 if st.kind == "sum":
-                    L.append(f"{inner}tb_{n}[q] = _F({v})")
+                    L.append(f"{inner}tb_{n}[q] = {v}")
                 else:
                     L += [f"{inner}v_{n} = {v}", f"{inner}tb_{n}[q] = v_{n}", f"{inner}nan_{n} |= v_{n} != v_{n}"]
             L.append(f"{ind}for i0 in range(0, nt, LANES):")

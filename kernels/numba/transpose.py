@@ -13,16 +13,23 @@ measurement: rows of 10 0.132 ns per element, of 16 0.072, of 7 0.134, of 3 0.19
 loop: 0.29-0.33). The values are moved, never converted: the same bits as the loop.
 
 :func:`row_sums16` and :func:`row_maxima16` run the same stages on 16 rows of term values and
-combine each stage's pair at once, so that 16 rows end as one vector of their sums (float64)
-or maxima: 30 shuffles per 16 rows instead of 64, and no column is stored. They serve the
-``tile_tree`` kernels, which compute a pass's terms along the elements as they lie and keep
-no transposed copy (figures at codegen.TREE_MIN_C). One core, 1e6 float32 in rows of 10 in a
-buffer, CategoricalHinge's two statistics: the term loop 0.11-0.13 ns per element, the sum
-0.17 (each row widened to float64 as 8 + 8 lanes and added, then three stages), the maximum
-0.07; widening in the term loop into a float64 buffer instead of in the tree: 0.363 against
-0.387 ns per element for the kernel (with the float32 buffer, masked loads instead of loads
-and selects: 0.41 against 0.39). A prefetch of the next tile spread over the 16-row groups,
-as the copied tiles do, lost at 1e7 (paired against the tile: 0.85 with it, 0.79 without).
+combine each stage's pair at once, so that 16 rows end as one vector of their sums or maxima:
+30 shuffles per 16 rows instead of 64, and no column is stored. They serve the ``tile_tree``
+kernels, which compute a pass's terms along the elements as they lie and keep no transposed
+copy (figures at codegen.TREE_MIN_C). Both work in float32 and write float64. A row's sum is
+its own statistic, as Keras's float32 reduce_sum over the row is, not the loss's accumulation:
+the rows' losses are still added in float64. Summed pairwise in four stages, a row of at most
+16 float32 terms is within four roundings of its exact sum; at 1e8 elements in rows of 10 the
+losses' relative error against a float64 NumPy reference was 3.0e-8 (CategoricalHinge, one-hot
+labels), 3.4e-8 (soft labels), 1.5e-9 (MSE per row), 1.3e-8 (Huber). Widened to float64 (each
+row as 8 + 8 lanes added, then three stages of 8-lane shuffles, from a float64 buffer written
+by the term loop) the sum took 0.17 of CategoricalHinge's 0.39 ns per element (one core, 1e6
+float32 in rows of 10, in cache; the term loop 0.11-0.13, the maximum 0.07); in float32 the
+kernel takes 0.85-0.91 of that time in cache and 0.86-0.93 at 1e7 on 2 threads (paired, medians
+of 31-41). Kept from then: masked loads instead of loads and selects lost (0.41 against 0.39 ns
+per element), and a prefetch of the next tile spread over the 16-row groups, as the copied
+tiles do, lost at 1e7 (paired against the tile: 0.85 with it, 0.79 without; with the float32
+sums, one to eight tiles ahead: 1.15-1.36 of the time without).
 
 A tile's rows are read in a burst and then computed on while memory idles, unless the next
 tile's lines are already on their way. :func:`prefetch_lines` asks for one share of them: the
@@ -154,13 +161,30 @@ def _store_rows(builder, d, d0, vectors: list) -> None:
         builder.store(v, builder.bitcast(builder.gep(out, [ir.Constant(_I64, 8 * k)]), v8.as_pointer()), align=8)
 
 
+def _rows16(builder, s, start, C, fill: float) -> list:
+    """The 16 rows from ``start`` as 16-lane float32 vectors, ``fill`` in the lanes past C."""
+    kept = _lanes_below(builder, C, 0, LANES)
+    filler = ir.Constant(_VEC, [fill] * LANES)
+    return [builder.select(kept, builder.load(builder.bitcast(row, _VEC.as_pointer()), align=4), filler)
+            for row in _row_pointers(builder, s, start, C)]
+
+
+def _store_widened(builder, d, d0, values) -> None:
+    """The 16 float32 lanes of ``values`` to ``d[d0:d0 + 16]`` as float64."""
+    wide = builder.fpext(values, ir.VectorType(_F64, LANES))
+    _store_rows(builder, d, d0, [builder.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 8),
+                                                                                list(range(h, h + 8))))
+                                 for h in (0, 8)])
+
+
 @intrinsic
 def row_sums16(typingctx, src, start, C, dst, d0):
-    """``dst[d0 + r] = sum(src[start + r*C : start + r*C + C])`` for r < 16 (float64, C <= 16,
-    in a fixed order: a row's lanes j and j + 8, then pairs of those, then pairs again). Each
-    row is read as 16 values from its start, so the caller keeps ``start + 15 * C + 16 <=
-    src.size`` and ``d0 + 16 <= dst.size``."""
-    if not (_c_vector(src, types.float64) and _c_vector(dst, types.float64)
+    """``dst[d0 + r] = sum(src[start + r*C : start + r*C + C])`` for r < 16 (float32 read and
+    added, float64 written, C <= 16), in a fixed pairwise order: lanes 2j and 2j + 1 of a row
+    (zero past its end), then pairs of those, and so on. Each row is read as 16 values from
+    its start, so the caller keeps ``start + 15 * C + 16 <= src.size`` and ``d0 + 16 <=
+    dst.size``."""
+    if not (_c_vector(src, types.float32) and _c_vector(dst, types.float64)
             and all(isinstance(a, types.Integer) for a in (start, C, d0))):
         return None
     sig = types.void(src, types.intp, types.intp, dst, types.intp)
@@ -169,25 +193,8 @@ def row_sums16(typingctx, src, start, C, dst, d0):
         s = context.make_array(sig.args[0])(context, builder, args[0])
         d = context.make_array(sig.args[3])(context, builder, args[3])
         start, C, d0 = args[1], args[2], args[4]
-        v8 = ir.VectorType(_F64, 8)
-        zero = ir.Constant(v8, [0.0] * 8)
-        high_kept = _lanes_below(builder, C, 8, 8)
-        rows = []
-        for row in _row_pointers(builder, s, start, C):
-            low = builder.load(builder.bitcast(row, v8.as_pointer()), align=8)
-            high = builder.load(builder.bitcast(builder.gep(row, [ir.Constant(_I64, 8)]), v8.as_pointer()), align=8)
-            rows.append((low, builder.select(high_kept, high, zero)))
-        full = builder.icmp_signed(">=", C, ir.Constant(_I64, 8))
-        # rows of 8 or more read lanes 0-7 whole (rows of 10: 1 select per row instead of 2)
-        with builder.if_else(full, likely=True) as (whole, short):
-            with whole:
-                _store_rows(builder, d, d0, _reduce_stages(
-                    builder, [builder.fadd(lo, hi) for lo, hi in rows], 8, builder.fadd))
-            with short:
-                low_kept = _lanes_below(builder, C, 0, 8)
-                _store_rows(builder, d, d0, _reduce_stages(
-                    builder, [builder.fadd(builder.select(low_kept, lo, zero), hi) for lo, hi in rows], 8,
-                    builder.fadd))
+        (top,) = _reduce_stages(builder, _rows16(builder, s, start, C, 0.0), LANES, builder.fadd)
+        _store_widened(builder, d, d0, top)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -210,10 +217,7 @@ def row_maxima16(typingctx, src, start, C, dst, d0, has_nan):
         s = context.make_array(sig.args[0])(context, builder, args[0])
         d = context.make_array(sig.args[3])(context, builder, args[3])
         start, C, d0, has_nan = args[1], args[2], args[4], args[5]
-        kept = _lanes_below(builder, C, 0, LANES)
-        none = ir.Constant(_VEC, [float("-inf")] * LANES)
-        rows = [builder.select(kept, builder.load(builder.bitcast(row, _VEC.as_pointer()), align=4), none)
-                for row in _row_pointers(builder, s, start, C)]
+        rows = _rows16(builder, s, start, C, float("-inf"))
 
         def larger(a, b):
             return builder.select(builder.fcmp_ordered(">", a, b), a, b)
@@ -227,10 +231,7 @@ def row_maxima16(typingctx, src, start, C, dst, d0, has_nan):
             for branch, combine in ((some, larger_or_nan), (none_there, larger)):
                 with branch:
                     (top,) = _reduce_stages(builder, rows, LANES, combine)
-                    wide = builder.fpext(top, ir.VectorType(_F64, LANES))
-                    _store_rows(builder, d, d0, [
-                        builder.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 8), list(range(h, h + 8))))
-                        for h in (0, 8)])
+                    _store_widened(builder, d, d0, top)
         return context.get_dummy_value()
 
     return sig, codegen
