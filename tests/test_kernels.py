@@ -173,8 +173,9 @@ def _log_of(e):
 def test_exp_of_an_element_less_its_row_maximum_drops_the_overflow_clamp():
     """exp(x - m) with m the row maximum of x itself becomes exp_nonpositive in the terms the
     kernels call by the program's names; a maximum of another function of x, or a term reached
-    through another term (which may bind its names otherwise), keeps exp. The last pass's
-    float32 copies of its sums are written only where something reads them."""
+    through another term (which may bind its names otherwise), keeps exp. The copied tiles of
+    float32 take their row sums in float32, the exp term computed where it is added, and copy
+    them to float64 for the finish; those of float64 fill a buffer of the terms first."""
     from gpuloss.losses import probabilistic as P
     from gpuloss.program import Max, RowProgram, Sum
 
@@ -193,7 +194,11 @@ def test_exp_of_an_element_less_its_row_maximum_drops_the_overflow_clamp():
         assert not calls(other, "exp_nonpositive") and calls(other, "exp"), (first.name, second.name)
     cce = codegen.module_source(P.CCE_LOGITS, "float32")
     tile = cce[cce.index("def tile_ser"):]
-    assert "st_m[i] = _F(st_m_T[i])" in tile and "st_e_T[i] =" not in tile and "st_yx_T[i] =" not in tile
+    assert "st_m[i] = _F(st_m_T[i])" in tile and "st_e[i] = _F(st_e_T[i])" in tile
+    assert "st_e_T[i] += e_shifted_exp(" in tile and "tv_e[i] =" not in tile
+    cce64 = codegen.module_source(P.CCE_LOGITS, "float64")
+    tile64 = cce64[cce64.index("def tile_ser"):]
+    assert "tv_e[i] = e_shifted_exp(" in tile64 and "st_e_T[i] += tv_e[i]" in tile64
 
 
 def test_terms_outside_the_vocabulary_are_rejected():

@@ -143,7 +143,8 @@ class _RowMaxExp(ast.NodeTransformer):
     """``exp(x - m)`` → ``exp_nonpositive(x - m)`` where ``m`` is the row maximum of element
     ``x`` (a Max statistic of ``x`` itself): ``x - m`` is then <= 0, -inf or NaN, and float32's
     exp drops its overflow clamp, with the same bits (kernels/numba/vocab.py). Together with the
-    last pass's sums left without float32 copies (_Gen.tile_kernel), at 1e7 float32, 2 threads,
+    last pass's sums left without float32 copies (in the tile kernels' float64 statistics of
+    then, since float32: see _Gen.tile_kernel), at 1e7 float32, 2 threads,
     paired with the kernels before, medians of 31: CCE from logits 0.93 (0.96 and 0.97 in two
     earlier rounds), SCCE from logits 0.91-0.92; CCE from logits on one thread in cache 0.88."""
 
@@ -208,13 +209,14 @@ class _Gen:
         return "\n".join(lines) + ("\n" if lines else "")
 
     def buffered(self, stat) -> bool:
-        """A statistic of the copied tiles whose term values go through a buffer first: one
-        whose term calls a transcendental word (see _buffered), and in float64 modules every
-        sum: a float64 term added where it is computed ends in a product that 'contract' fuses
-        into the add, and the rows differ in the last bit from the direct tiles' (see
-        accumulate.fenced; fencing it here kept the loop scalar, 2x slower). A float32 term is
-        converted before the add and cannot fuse."""
-        return _buffered(stat) or (stat.kind == "sum" and self.dtype == "float64")
+        """A statistic of the copied tiles whose term values go through a buffer first, in
+        float64 modules only: every sum, since a float64 term added where it is computed ends in
+        a product that 'contract' fuses into the add, and the rows would differ in the last bit
+        from the direct tiles' (see accumulate.fenced; fencing it here kept the loop scalar, 2x
+        slower), and every term that calls a transcendental word (see _buffered). float32
+        modules take their row statistics in float32 (see tile_kernel), where the terms with
+        exp or log vectorise in the loop that adds them up and the buffer only cost time."""
+        return self.dtype == "float64" and (_buffered(stat) or stat.kind == "sum")
 
     # ---- row bodies -----------------------------------------------------------------------
     def _call(self, t: Term, prefix: str, suffix: str, index: str | None, col: str | None,
@@ -631,9 +633,9 @@ class _Gen:
 
         The tile is copied transposed into buffers of shape (C, rows), so every pass loops over
         the columns and, inside, over the rows of the tile: that inner loop is contiguous and
-        vectorises across rows, with each row's statistics held in small float64 arrays. The
-        row kernels vectorise along a row, which for 10 classes is a 10-element loop plus the
-        set-up of every buffer and sum per row (figures at TILE_MAX_C).
+        vectorises across rows, with each row's statistics held in small arrays of the compute
+        dtype. The row kernels vectorise along a row, which for 10 classes is a 10-element loop
+        plus the set-up of every buffer and sum per row (figures at TILE_MAX_C).
 
         ``direct`` (``tile_direct``, for one statistic of a term without a transcendental call,
         on rows that are contiguous): no copy; each row's statistic is summed along the row in
@@ -689,19 +691,26 @@ class _Gen:
         for k, stats in enumerate(passes):
             start = len(L)
             L.append(f"{ind}for i in range(nt):")
-            L += [f"{ind}    st_{n}[i] = 0.0" if st.kind == "sum" else f"{ind}    st_{n}_T[i] = -np.inf"
+            L += [f"{ind}    st_{n}_T[i] = _T(0.0)" if st.kind == "sum" else f"{ind}    st_{n}_T[i] = -np.inf"
                   for n, st in stats]
             L.append(f"{ind}for j in range(C):")
             L += [f"{ind}    {e}_v = tb_{e}[j]" for e in names]
             # the next tile's lines asked for a share per column and pass, so that they
             # arrive while this tile is computed on (see kernels/numba/transpose.py)
             L += [f"{ind}    prefetch_lines({e}_arr, r0 + nt, nt, ({k} * C + j) * pf_{e}, pf_{e})" for e in names]
-            # the terms with exp or log (and float64 sums, see buffered) fill buffers in one
-            # plain loop, as in the row kernels: added straight into the float64 statistics,
-            # the exp-bearing loops stayed scalar (CCE from logits' Σ exp: 25 → 10.6 ms per
-            # 1e7 elements, one thread). Maxima of cheap terms without a buffer, in the compute
-            # dtype (below): 1e7 float32 in rows of 10, 2-core EPYC, whole calls, medians of 3
-            # alternating processes (ms): SCCE from logits 7.02 -> 6.33, CCE from logits 9.93 -> 9.63
+            # float64 modules: the sums and the terms with exp or log fill buffers in one plain
+            # loop first (see buffered). Added straight into float64 statistics, the exp-bearing
+            # loops stayed scalar (CCE from logits' Σ exp: 25 → 10.6 ms per 1e7 elements, one
+            # thread, with the buffer). The row statistics of float32 modules are float32, as
+            # Keras's own sums over a row are, and copied to float64 for the finish after the
+            # pass; the rows' losses are still added in float64. Those loops vectorise with the
+            # terms computed in them: one core, 1e6 float32 in rows of 10 in cache, paired
+            # against float64 statistics with buffers, medians of 31: CCE from logits 0.82,
+            # SCCE from logits 0.94, CCE 0.97, focal CCE 0.97, SCCE 0.90, cosine 0.90, the
+            # triplet loss 0.85 (float32 statistics with the buffers kept: 0.92, 0.99, 1.03,
+            # 0.98, 0.91, 0.90, 0.87); 1e7 on 2 threads, medians of 21: CCE from logits 0.84
+            # (0.91 with the buffers), SCCE from logits 0.89 (0.98), CCE 0.95 (0.99), focal
+            # 0.99 (1.00)
             buffered = [(n, st) for n, st in stats if self.buffered(st)]
             if buffered:
                 L.append(f"{ind}    for i in range(nt):")
@@ -716,7 +725,7 @@ class _Gen:
             for n, st in stats:
                 v = f"tv_{n}[i]" if self.buffered(st) else self._call(st.term, 'e_', '_T', 'i', 'j', row='i')
                 if st.kind == "sum":
-                    L.append(f"{ind}        st_{n}[i] += _F({v})")
+                    L.append(f"{ind}        st_{n}_T[i] += {v}")
                 else:
                     # NaN propagates, as in max64 and tf.reduce_max. The new maximum
                     # goes to a second array, swapped with the first: written in place, LLVM
@@ -728,20 +737,13 @@ class _Gen:
                     L.append(f"{ind}        c_{n} = st_{n}_T[i]")
                     L.append(f"{ind}        alt_{n}[i] = {_larger(f'v_{n}', f'c_{n}')}")
             L += [f"{ind}    st_{n}_T, alt_{n} = alt_{n}, st_{n}_T" for n, st in stats if st.kind == "max"]
+            # the statistics in float64 for the finish (the passes after read the compute
+            # dtype's); the one-hot twin writes its sum in float64 itself
+            L += [f"{ind}for i in range(nt):", *[f"{ind}    st_{n}[i] = _F(st_{n}_T[i])" for n, _ in stats]]
             if self.onehot_active() and k == len(passes) - 1:
                 # the pass as written runs where the twin does not apply
                 plain, L[start:] = L[start:], []
                 L += self.onehot_pass(ind, k, names) + [f"{ind}if not use_hot:"] + ["    " + x for x in plain]
-            # each statistic in both dtypes for the passes after it (sums are kept in float64,
-            # maxima in the compute dtype); after the last pass only the finish reads them, in
-            # float64, so its sums get no float32 copy (CCE from logits' three: one thread in
-            # cache, paired with them, 0.95 of the time; at 1e7 see _RowMaxExp)
-            last = k == len(passes) - 1
-            convert = [f"{ind}    st_{n}_T[i] = _T(st_{n}[i])" if st.kind == "sum"
-                       else f"{ind}    st_{n}[i] = _F(st_{n}_T[i])"
-                       for n, st in stats if not (last and st.kind == "sum")]
-            if convert:
-                L += [f"{ind}for i in range(nt):", *convert]
         inner = ind + "    "
         if direct:
             L += [f"{ind}for i in range(nt):", f"{inner}r = r0 + i",
