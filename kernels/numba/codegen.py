@@ -64,8 +64,8 @@ DIRECT_MIN_C = 8
 #: interleaved, tree / copied tile: CategoricalHinge C=3 1.16, C=6 1.09, C=8 0.78, C=10
 #: 0.85-0.97 (paired over 41: 0.84-0.91), C=16 0.80; MSE per row C=4 0.72, C=8 0.64, C=10
 #: 0.59-0.61, C=16 0.62 (the direct tile 0.85-0.88 there); MAE C=10 0.71, Huber C=10 0.71
-#: (direct 1.29). One thread, 1e6 in rows of 10: CategoricalHinge 0.71, MSE 0.62 (0.67 and, two
-#: threads, 0.65 for CategoricalHinge since the sums' trees run in float32). A row of C
+#: (direct 1.29). One thread, 1e6 in rows of 10: CategoricalHinge 0.71, MSE 0.62; with the
+#: sums' trees in float32, CategoricalHinge 0.67 (two threads 0.65). A row of C
 #: elements fills C of 16 lanes, so short rows waste most of each shuffle. Programs of more
 #: sums (a tree each) lost: cosine C=10 1.33 with the sums' trees in float64, 1.15 since they
 #: run in float32 (transpose.row_sums16), the triplet loss 1.02-1.19; so did terms with a log
@@ -143,8 +143,8 @@ class _RowMaxExp(ast.NodeTransformer):
     """``exp(x - m)`` → ``exp_nonpositive(x - m)`` where ``m`` is the row maximum of element
     ``x`` (a Max statistic of ``x`` itself): ``x - m`` is then <= 0, -inf or NaN, and float32's
     exp drops its overflow clamp, with the same bits (kernels/numba/vocab.py). Together with the
-    last pass's sums left without float32 copies (in the tile kernels' float64 statistics of
-    then, since float32: see _Gen.tile_kernel), at 1e7 float32, 2 threads,
+    last pass's sums left without float32 copies (a change to the float64 statistics the tile
+    kernels then had; float32 since, see _Gen.tile_kernel), at 1e7 float32, 2 threads,
     paired with the kernels before, medians of 31: CCE from logits 0.93 (0.96 and 0.97 in two
     earlier rounds), SCCE from logits 0.91-0.92; CCE from logits on one thread in cache 0.88."""
 
