@@ -66,13 +66,13 @@ _I64 = ir.IntType(64)
 _VEC = ir.VectorType(_F32, LANES)
 
 
-def _stage_masks(bit: int, lanes: int = LANES) -> tuple[ir.Constant, ir.Constant]:
+def _stage_masks(bit: int) -> tuple[ir.Constant, ir.Constant]:
     """Shuffle masks of one transpose stage for the rows a (bit clear) and b = a | bit: lane j
     of the new a takes a's lane j where bit is clear in j, else b's lane j - bit; the new b
-    takes a's lane j + bit where bit is clear, else b's lane j (b's lanes count from ``lanes``)."""
-    low = [j if not j & bit else (j - bit) + lanes for j in range(lanes)]
-    high = [j + bit if not j & bit else j + lanes for j in range(lanes)]
-    mask = ir.VectorType(_I32, lanes)
+    takes a's lane j + bit where bit is clear, else b's lane j (b's lanes count from LANES)."""
+    low = [j if not j & bit else (j - bit) + LANES for j in range(LANES)]
+    high = [j + bit if not j & bit else j + LANES for j in range(LANES)]
+    mask = ir.VectorType(_I32, LANES)
     return ir.Constant(mask, low), ir.Constant(mask, high)
 
 
@@ -121,27 +121,25 @@ def transpose16(typingctx, src, row0, dst, col0):
     return sig, codegen
 
 
-def _reduce_stages(builder, vectors: list, lanes: int, combine) -> list:
+def _reduce_stages(builder, vectors: list, combine):
     """The stages of the transpose above with each stage's pair combined at once: stage k
     shuffles vectors a and a | 2^k as the transpose does and keeps ``combine(low, high)`` in a.
     Shuffles move lanes and the combination works lane by lane, so combining early is
-    combining the transposed columns at the end: of 16 rows of ``lanes`` lanes, lane j of
-    vector v of the result holds the combination of row v + j's lanes (v a multiple of
-    ``lanes``). log2(lanes) stages, 16 - 16 / lanes shuffle pairs in all (the transpose: 64)."""
-    bit = 1
-    while bit < lanes:
-        low, high = _stage_masks(bit, lanes)
+    combining the transposed columns at the end: of 16 rows of 16 lanes, lane j of the one
+    vector left holds the combination of row j's lanes. Four stages, 8 + 4 + 2 + 1 shuffle
+    pairs (the transpose: 64)."""
+    for low, high in _MASKS:
         vectors = [combine(builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high))
                    for a, b in zip(vectors[0::2], vectors[1::2])]
-        bit <<= 1
-    return vectors
+    (combined,) = vectors
+    return combined
 
 
-def _lanes_below(builder, C, first: int, lanes: int):
-    """The mask ``first + j < C`` for lanes j."""
-    index = ir.Constant(ir.VectorType(_I64, lanes), list(range(first, first + lanes)))
-    splat = builder.insert_element(ir.Constant(ir.VectorType(_I64, lanes), None), C, ir.Constant(_I32, 0))
-    splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+def _lanes_below(builder, C):
+    """The mask ``j < C`` for lanes j."""
+    index = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
+    splat = builder.insert_element(ir.Constant(ir.VectorType(_I64, LANES), None), C, ir.Constant(_I32, 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
     return builder.icmp_signed("<", index, splat)
 
 
@@ -154,27 +152,22 @@ def _c_vector(t, dtype) -> bool:
     return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == 1 and t.layout == "C"
 
 
-def _store_rows(builder, d, d0, vectors: list) -> None:
-    v8 = ir.VectorType(_F64, 8)
-    out = builder.gep(d.data, [d0])
-    for k, v in enumerate(vectors):
-        builder.store(v, builder.bitcast(builder.gep(out, [ir.Constant(_I64, 8 * k)]), v8.as_pointer()), align=8)
-
-
 def _rows16(builder, s, start, C, fill: float) -> list:
     """The 16 rows from ``start`` as 16-lane float32 vectors, ``fill`` in the lanes past C."""
-    kept = _lanes_below(builder, C, 0, LANES)
+    kept = _lanes_below(builder, C)
     filler = ir.Constant(_VEC, [fill] * LANES)
     return [builder.select(kept, builder.load(builder.bitcast(row, _VEC.as_pointer()), align=4), filler)
             for row in _row_pointers(builder, s, start, C)]
 
 
 def _store_widened(builder, d, d0, values) -> None:
-    """The 16 float32 lanes of ``values`` to ``d[d0:d0 + 16]`` as float64."""
+    """The 16 float32 lanes of ``values`` to ``d[d0:d0 + 16]`` as float64, in two halves of 8."""
     wide = builder.fpext(values, ir.VectorType(_F64, LANES))
-    _store_rows(builder, d, d0, [builder.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 8),
-                                                                                list(range(h, h + 8))))
-                                 for h in (0, 8)])
+    v8 = ir.VectorType(_F64, 8)
+    out = builder.gep(d.data, [d0])
+    for h in (0, 8):
+        half = builder.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 8), list(range(h, h + 8))))
+        builder.store(half, builder.bitcast(builder.gep(out, [ir.Constant(_I64, h)]), v8.as_pointer()), align=8)
 
 
 @intrinsic
@@ -193,8 +186,7 @@ def row_sums16(typingctx, src, start, C, dst, d0):
         s = context.make_array(sig.args[0])(context, builder, args[0])
         d = context.make_array(sig.args[3])(context, builder, args[3])
         start, C, d0 = args[1], args[2], args[4]
-        (top,) = _reduce_stages(builder, _rows16(builder, s, start, C, 0.0), LANES, builder.fadd)
-        _store_widened(builder, d, d0, top)
+        _store_widened(builder, d, d0, _reduce_stages(builder, _rows16(builder, s, start, C, 0.0), builder.fadd))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -230,8 +222,7 @@ def row_maxima16(typingctx, src, start, C, dst, d0, has_nan):
         with builder.if_else(nan, likely=False) as (some, none_there):
             for branch, combine in ((some, larger_or_nan), (none_there, larger)):
                 with branch:
-                    (top,) = _reduce_stages(builder, rows, LANES, combine)
-                    _store_widened(builder, d, d0, top)
+                    _store_widened(builder, d, d0, _reduce_stages(builder, rows, combine))
         return context.get_dummy_value()
 
     return sig, codegen
